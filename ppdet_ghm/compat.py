@@ -1,12 +1,37 @@
 """Compatibility of paddledet 2.6.0 (2023) with the current Paddle / numpy / Pillow stack.
 
 Every fix is applied by :func:`apply` (``import ppdet_ghm`` calls it), is idempotent, and patches
-attributes of already-imported modules only: nothing in site-packages is edited.
+attributes of already-imported modules only: nothing in site-packages is edited. Each fix names the
+breakage it repairs; ``tests/test_compat.py`` has a test per fix that fails without it.
+
+=============================  =================================================================
+breakage                       fix
+=============================  =================================================================
+numpy >= 2.4: ``int()`` of a   ``int`` in ``ppdet.engine.trainer`` / ``ppdet.utils.visualizer``
+1-element array raises         accepts 1-element arrays (module globals shadow the builtin)
+(``Trainer.predict``)
+Pillow >= 10 removed           ``ImageDraw.textsize`` re-added on top of ``textbbox``
+``ImageDraw.textsize``
+Paddle >= 2.6 ``to_static``    ``Trainer`` export traces with ``full_graph=True``
+defaults to
+``full_graph=False``
+Paddle 3 (PIR) rejects the     ``ppdet.modeling.ops.multiclass_nms`` calls
+legacy static branch of        ``paddle._C_ops.multiclass_nms3`` in both modes
+``multiclass_nms``
+Paddle 3.3.1 predictor fails   :func:`inference_config` disables oneDNN (used by our predictor)
+with oneDNN on RetinaNet
+=============================  =================================================================
 """
 
+import builtins
 import contextlib
+import functools
 import io
 import warnings
+
+import numpy as np
+
+_APPLIED_FLAG = "_ppdet_ghm_compat"
 
 
 def import_ppdet_quietly():
@@ -16,5 +41,142 @@ def import_ppdet_quietly():
         import ppdet  # noqa: F401
 
 
+def int_accepting_size1_arrays(x=0, *args):
+    """``int`` as numpy < 2.4 had it: a 1-element array converts to its only element."""
+    if not args and isinstance(x, np.ndarray) and x.size == 1:
+        return builtins.int(x.reshape(()))
+    return builtins.int(x, *args)
+
+
+def _fix_numpy_int_of_arrays():
+    from ppdet.engine import trainer
+    from ppdet.utils import visualizer
+
+    for module in (trainer, visualizer):
+        module.int = int_accepting_size1_arrays
+
+
+def _textsize(self, text, font=None, spacing=4, direction=None, features=None, language=None):
+    """Pillow < 10 ``ImageDraw.textsize``: (width, height) of ``text``, from ``textbbox``."""
+    left, top, right, bottom = self.textbbox(
+        (0, 0),
+        text,
+        font=font,
+        spacing=spacing,
+        direction=direction,
+        features=features,
+        language=language,
+    )
+    return right - left, bottom - top
+
+
+def _fix_pillow_textsize():
+    from PIL import ImageDraw
+
+    if not hasattr(ImageDraw.ImageDraw, "textsize"):
+        ImageDraw.ImageDraw.textsize = _textsize
+
+
+@contextlib.contextmanager
+def full_graph_to_static():
+    """Within the block, ``paddle.jit.to_static`` defaults to ``full_graph=True`` (AST tracing)."""
+    import paddle
+
+    original = paddle.jit.to_static
+    paddle.jit.to_static = functools.partial(original, full_graph=True)
+    try:
+        yield
+    finally:
+        paddle.jit.to_static = original
+
+
+def _fix_export_full_graph():
+    from ppdet.engine.trainer import Trainer
+
+    method = Trainer._get_infer_cfg_and_input_spec
+    if getattr(method, _APPLIED_FLAG, False):
+        return
+
+    @functools.wraps(method)
+    def traced_with_full_graph(self, *args, **kwargs):
+        with full_graph_to_static():
+            return method(self, *args, **kwargs)
+
+    setattr(traced_with_full_graph, _APPLIED_FLAG, True)
+    Trainer._get_infer_cfg_and_input_spec = traced_with_full_graph
+
+
+def multiclass_nms(
+    bboxes,
+    scores,
+    score_threshold,
+    nms_top_k,
+    keep_top_k,
+    nms_threshold=0.3,
+    normalized=True,
+    nms_eta=1.0,
+    background_label=-1,
+    return_index=False,
+    return_rois_num=True,
+    rois_num=None,
+    name=None,
+):
+    """``ppdet.modeling.ops.multiclass_nms`` through ``multiclass_nms3`` in dygraph and PIR alike.
+
+    Same signature and return value ``(out, nms_rois_num, index)`` as ppdet's; ``index`` is None
+    unless ``return_index``.
+    """
+    import paddle
+
+    out, index, nms_rois_num = paddle._C_ops.multiclass_nms3(
+        bboxes,
+        scores,
+        rois_num,
+        score_threshold,
+        nms_top_k,
+        keep_top_k,
+        nms_threshold,
+        normalized,
+        nms_eta,
+        background_label,
+    )
+    return out, nms_rois_num, (index if return_index else None)
+
+
+def _fix_multiclass_nms():
+    from ppdet.modeling import ops
+
+    ops.multiclass_nms = multiclass_nms
+
+
+def inference_config(model_dir, model_name="model"):
+    """A ``paddle.inference.Config`` for an exported model with oneDNN off.
+
+    The Paddle 3.3.1 CPU predictor fails on the exported RetinaNet with oneDNN (mkldnn) enabled;
+    with it disabled the predictor reproduces the dygraph detections.
+    """
+    import os
+
+    from paddle import inference
+
+    prefix = os.path.join(model_dir, model_name)
+    for suffix in (".json", ".pdmodel"):
+        if os.path.exists(prefix + suffix):
+            config = inference.Config(prefix + suffix, prefix + ".pdiparams")
+            break
+    else:
+        raise FileNotFoundError(
+            f"no exported model in {model_dir!r}: expected {model_name}.json or "
+            f"{model_name}.pdmodel beside {model_name}.pdiparams"
+        )
+    config.disable_gpu()
+    config.disable_mkldnn()
+    return config
+
+
 def apply():
     """Apply every compatibility fix (idempotent)."""
+    _fix_numpy_int_of_arrays()
+    _fix_pillow_textsize()
+    _fix_export_full_graph()
+    _fix_multiclass_nms()
