@@ -293,3 +293,81 @@ def test_figures_are_png_of_expected_size(tmp_path):
         out = fn(summary, tmp_path / name, subtitle="test | 5 levels")
         assert out.exists() and _png_size(out) == size
         assert out.stat().st_size > 10_000  # drawn, not blank
+
+
+# ------------------------------------------------------------------ training-time monitor
+class _StandInGHMC:
+    """Built lazily (paddle import): a Layer with the GHM-C interface (acc_sum, bins, momentum)."""
+
+    @staticmethod
+    def make(bins: int, momentum: float):
+        import paddle
+
+        class StandInGHMC(paddle.nn.Layer):
+            def __init__(self):
+                super().__init__()
+                self.bins, self.momentum = bins, momentum
+                self.register_buffer("acc_sum", paddle.zeros([bins]), persistable=True)
+
+            def forward(self, pred, target, label_weight):
+                g, _ = G.cls_gradient_norm(pred.numpy(), target.numpy(), label_weight.numpy())
+                counts = G.histogram(g, G.ghmc_edges(self.bins)).astype(np.float32)
+                acc = self.acc_sum.numpy()
+                acc = np.where(counts > 0, self.momentum * acc + (1 - self.momentum) * counts, acc)
+                self.acc_sum.set_value(acc.astype(np.float32))
+                return pred.sum() * 0.0
+
+        return StandInGHMC()
+
+
+def _ghm_loss_for_monitor(bins: int, momentum: float):
+    try:
+        from ppdet_ghm.losses import GHMCLoss
+    except ImportError:
+        return _StandInGHMC.make(bins, momentum)
+    return GHMCLoss(bins=bins, momentum=momentum, use_sigmoid=True, loss_weight=1.0)
+
+
+def test_ghm_monitor_records_each_level_every_k_iterations(tmp_path, caplog):
+    import types
+
+    import paddle
+
+    from ppdet_ghm.analysis.ghm_monitor import GHMMonitor
+
+    bins, momentum = 6, 0.75
+    head = paddle.nn.Layer()
+    head.loss_cls = _ghm_loss_for_monitor(bins, momentum)
+    trainer = types.SimpleNamespace(model=head, cfg={})
+    monitor = GHMMonitor(trainer, interval=2, vdl_log_dir=str(tmp_path / "vdl"))
+    assert [(n, k) for n, k, _ in monitor.losses] == [("loss_cls", "cls")]
+
+    levels = _random_levels(seed=5, num_levels=5, num_classes=3)
+    ema = np.zeros(bins)
+    expected = {}
+    with caplog.at_level("INFO", logger="ppdet_ghm.analysis.ghm_monitor"):
+        for it in range(4):
+            monitor.on_step_begin({"mode": "train"})
+            per_level = []
+            for x, y, w in levels:
+                y = np.minimum(y, 3)
+                head.loss_cls(paddle.to_tensor(x[:, :3]), paddle.to_tensor(y), paddle.to_tensor(w))
+                g, _ = G.cls_gradient_norm(x[:, :3], y, w)
+                counts = ref_bin_counts(g, bins, 1.0)
+                ema = np.where(counts > 0, momentum * ema + (1 - momentum) * counts, ema)
+                per_level.append((counts, ema.copy()))
+            expected[it] = per_level
+            monitor.on_step_end({"mode": "train"})
+    monitor.close()
+
+    assert sorted(monitor.history) == [0, 2]
+    for it, records in monitor.history.items():
+        assert [rec.call_index for _, rec in records] == [0, 1, 2, 3, 4]
+        for (_, rec), (counts, acc) in zip(records, expected[it], strict=True):
+            np.testing.assert_array_equal(rec.counts, counts)
+            np.testing.assert_allclose(rec.acc_sum, acc, rtol=1e-6)
+    # the EMA differs between levels: per-level snapshots, not one shared end state
+    assert not np.allclose(monitor.history[2][0][1].acc_sum, monitor.history[2][4][1].acc_sum)
+    lines = [r.getMessage() for r in caplog.records if "GHM iter" in r.getMessage()]
+    assert len(lines) == 10 and "P3" in lines[0] and "P7" in lines[4]
+    assert list((tmp_path / "vdl").glob("vdlrecords.*.log"))
