@@ -1,0 +1,161 @@
+"""``python -m ppdet_ghm.convert SRC DST [--backbone-only] [--verbose] [--config CFG]``.
+
+Full model (default): an mmdet RetinaNet(-GHM) R50-FPN checkpoint -> ``DST.pdparams`` holding every
+entry of our model's ``state_dict()`` (``backbone.*``, ``neck.*``, ``head.*``): load it with ppdet's
+``weights:`` / ``load_weight``. The target names and shapes come from the model built from
+``--config`` (default: the shipped GHM config), so the conversion is checked against the real model.
+
+``--backbone-only``: a torchvision ImageNet ResNet-50 (or the backbone of an mmdet checkpoint) ->
+ppdet ResNet names without prefix (``conv1.conv1.conv.weight``, ``res2.res2a.branch2a...``), the
+layout of ppdet's own ImageNet weights: use it as ``pretrain_weights:``; ppdet's
+``load_pretrain_weight`` matches each name to the model's ``backbone.<name>``.
+
+DST is written atomically: a temporary file in DST's directory, fsync, ``os.replace``; on any error
+no DST is created and an existing DST is left as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import os
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ppdet_ghm.convert.mapping import ConversionError, choose_table, convert_state_dict
+from ppdet_ghm.convert.torch_reader import CheckpointError, load_torch_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+def backbone_target_shapes(depth: int = 50) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` of ppdet's ``ResNet(depth, variant='b')``, the backbone of our model."""
+    from ppdet.modeling.backbones.resnet import ResNet
+
+    resnet = ResNet(depth=depth, variant="b", norm_type="bn", freeze_at=0, return_idx=[1, 2, 3])
+    return {k: tuple(v.shape) for k, v in resnet.state_dict().items()}
+
+
+def model_target_shapes(config: str | None = None) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` of our whole model, built by ``ppdet_ghm.build_model`` from ``config``."""
+    import ppdet_ghm
+
+    build_model = getattr(ppdet_ghm, "build_model", None)
+    if build_model is None:
+        raise ConversionError(
+            "ppdet_ghm.build_model is not available, so the full model's names and shapes are "
+            "unknown; only --backbone-only conversion works in this version"
+        )
+    model = build_model(config) if config is not None else build_model()
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def save_pdparams_atomic(state: Mapping[str, np.ndarray], dst: str | os.PathLike) -> None:
+    """``paddle.save`` of ``{name: ndarray}`` to ``dst``, atomically (temp file, fsync, replace)."""
+    import paddle
+
+    dst = os.path.abspath(os.fspath(dst))
+    directory = os.path.dirname(dst)
+    buffer = io.BytesIO()
+    paddle.save({k: np.ascontiguousarray(v) for k, v in state.items()}, buffer)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", suffix=".tmp", dir=directory)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ppdet_ghm.convert",
+        description="Convert a PyTorch checkpoint (mmdet RetinaNet-GHM, or with --backbone-only a "
+        "torchvision ResNet-50) to Paddle .pdparams, strictly: every tensor mapped or skipped by "
+        "name, every model parameter filled, every shape checked.",
+    )
+    parser.add_argument("src", help="torch checkpoint (.pth; zip or legacy format; never executed)")
+    parser.add_argument("dst", help="output .pdparams path (written atomically)")
+    parser.add_argument(
+        "--backbone-only",
+        action="store_true",
+        help="write ResNet backbone weights for ppdet `pretrain_weights` (fc.* dropped)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="print every `old -> new`")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="model config for the target names/shapes (full model only; default: ours)",
+    )
+    return parser
+
+
+def _summary(src: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray], backbone_only: bool):
+    table = choose_table(src, backbone_only)
+    written = Counter("backbone" if backbone_only else k.split(".", 1)[0] for k in out)
+    mapped = sum(1 for k in src if k in table.renames and table.renames[k] in out)
+    skipped = Counter(table.skips[k] for k in src if k in table.skips)
+    lines = [
+        f"{len(src)} source tensors: {mapped} renamed, {sum(skipped.values())} skipped; "
+        f"{len(out)} written ({', '.join(f'{p}: {n}' for p, n in sorted(written.items()))}); "
+        f"{len(out) - mapped} filled with zeros"
+    ]
+    lines += [f"  skipped {n}: {why}" for why, n in sorted(skipped.items())]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the converter; returns 0 on success, 1 on a conversion error (message on stderr)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.dst.endswith(".pdparams"):
+        parser.error("DST must end with .pdparams (ppdet's loaders append that suffix)")
+    if args.backbone_only and args.config is not None:
+        parser.error("--config selects the full model; it has no effect with --backbone-only")
+    mapping_logger = logging.getLogger("ppdet_ghm.convert.mapping")
+    handler = None
+    if args.verbose:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        mapping_logger.addHandler(handler)
+        mapping_logger.setLevel(logging.INFO)
+        mapping_logger.propagate = False
+    try:
+        src = load_torch_checkpoint(args.src)
+        if args.backbone_only:
+            shapes = backbone_target_shapes()
+        else:
+            shapes = model_target_shapes(args.config)
+        out = convert_state_dict(
+            src, shapes, backbone_only=args.backbone_only, verbose=args.verbose
+        )
+        save_pdparams_atomic(out, args.dst)
+    except (CheckpointError, ConversionError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if handler is not None:
+            mapping_logger.removeHandler(handler)
+            mapping_logger.propagate = True
+            mapping_logger.setLevel(logging.NOTSET)
+    print(_summary(src, out, args.backbone_only))
+    print(f"wrote {args.dst}")
+    return 0

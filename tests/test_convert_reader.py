@@ -1,0 +1,400 @@
+"""ppdet_ghm.convert.torch_reader: torch-format checkpoints written here without torch, read back.
+
+The writer below reproduces torch's layouts byte for byte where it matters: the zip format
+(``<archive>/data.pkl`` pickled at protocol 2 with ``('storage', torch.<T>Storage, key, 'cpu',
+numel)`` persistent ids and ``torch._utils._rebuild_tensor_v2`` reduce calls, raw little-endian
+storages in ``<archive>/data/<key>``, a ``byteorder`` record) and the legacy format (magic number,
+protocol, sys info, main pickle, sorted storage keys, then ``int64 numel`` + bytes per storage).
+"""
+
+import collections
+import io
+import os
+import pickle
+import struct
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+
+from ppdet_ghm.convert import CheckpointError, UnsafeCheckpointError, load_torch_checkpoint
+
+STORAGE_NAMES = {
+    np.dtype("float32"): "FloatStorage",
+    np.dtype("float64"): "DoubleStorage",
+    np.dtype("float16"): "HalfStorage",
+    np.dtype("int64"): "LongStorage",
+    np.dtype("int32"): "IntStorage",
+    np.dtype("uint8"): "ByteStorage",
+    np.dtype("bool"): "BoolStorage",
+}
+
+
+class Global:
+    """A ``module.name`` reference the pickler writes as a GLOBAL opcode (no import needed)."""
+
+    def __init__(self, module, name):
+        self.module, self.name = module, name
+
+    def __call__(self, *args):  # only so that pickle accepts it as a reduce callable
+        raise AssertionError("never called")
+
+
+class Storage:
+    """A torch storage: ``data`` (1-D) stored under ``key``; ``type_name`` e.g. ``FloatStorage``."""
+
+    def __init__(self, key, data, type_name=None):
+        self.key = key
+        self.data = np.ascontiguousarray(data).reshape(-1)
+        self.type_name = type_name or STORAGE_NAMES[self.data.dtype]
+
+
+class Tensor:
+    """A tensor view of a :class:`Storage`: ``storage_offset``, ``size``, ``stride`` in elements."""
+
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = (
+            storage,
+            offset,
+            tuple(size),
+            tuple(stride),
+        )
+
+
+class Opaque:
+    """An object whose pickle calls ``callable_global(*args)`` and then sets ``state``."""
+
+    def __init__(self, callable_global, args=(), state=None):
+        self.callable_global, self.args, self.state = callable_global, args, state
+
+
+REBUILD_V2 = Global("torch._utils", "_rebuild_tensor_v2")
+
+
+class TorchFormatPickler(pickle._Pickler):
+    """Protocol-2 pickler writing torch's persistent ids and GLOBAL opcodes for our stand-ins."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def __init__(self, file, storages):
+        super().__init__(file, protocol=2)
+        self.storages = storages  # key -> Storage, filled as storages are met
+        self.pid_extra = ()  # legacy format: (view_metadata,)
+
+    def persistent_id(self, obj):
+        if isinstance(obj, Storage):
+            self.storages[obj.key] = obj
+            storage_type = Global("torch", obj.type_name)
+            return ("storage", storage_type, obj.key, "cpu", obj.data.size, *self.pid_extra)
+        return None
+
+    def save_marker_global(self, obj):
+        self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
+        self.memoize(obj)
+
+    dispatch[Global] = save_marker_global
+
+    def reducer_override(self, obj):
+        if isinstance(obj, Tensor):
+            args = (obj.storage, obj.offset, obj.size, obj.stride, False, collections.OrderedDict())
+            return (REBUILD_V2, args)
+        if isinstance(obj, Opaque):
+            return (obj.callable_global, tuple(obj.args), obj.state)
+        return NotImplemented
+
+
+def _raw(storage):
+    return storage.data.astype(storage.data.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def write_zip_checkpoint(path, obj, archive="archive", byteorder="little"):
+    """Write ``obj`` (dicts/lists of :class:`Tensor` and plain values) as torch's zip format."""
+    buf = io.BytesIO()
+    storages = {}
+    TorchFormatPickler(buf, storages).dump(obj)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(f"{archive}/data.pkl", buf.getvalue())
+        zf.writestr(f"{archive}/.format_version", "1")
+        if byteorder is not None:
+            zf.writestr(f"{archive}/byteorder", byteorder)
+        for key, storage in storages.items():
+            data = storage.data
+            if byteorder == "big":
+                data = data.astype(data.dtype.newbyteorder(">"))
+                zf.writestr(f"{archive}/data/{key}", data.tobytes())
+            else:
+                zf.writestr(f"{archive}/data/{key}", _raw(storage))
+        zf.writestr(f"{archive}/version", "3\n")
+    return path
+
+
+def write_legacy_checkpoint(path, obj):
+    """Write ``obj`` in torch's legacy (torch < 1.6) format."""
+    f = io.BytesIO()
+    pickle.dump(0x1950A86A20F9469CFC6C, f, protocol=2)
+    pickle.dump(1001, f, protocol=2)
+    sys_info = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"long": 8}}
+    pickle.dump(sys_info, f, protocol=2)
+    storages = {}
+    pickler = TorchFormatPickler(f, storages)
+    pickler.pid_extra = (None,)
+    pickler.dump(obj)
+    keys = sorted(storages)
+    pickle.dump(keys, f, protocol=2)
+    for key in keys:
+        f.write(struct.pack("<q", storages[key].data.size))
+        f.write(_raw(storages[key]))
+    with open(path, "wb") as out:
+        out.write(f.getvalue())
+    return path
+
+
+def contiguous(key, array):
+    """A contiguous tensor holding ``array`` in its own storage."""
+    array = np.asarray(array)
+    strides = tuple(s // array.itemsize for s in np.ascontiguousarray(array).strides)
+    return Tensor(Storage(key, array), 0, array.shape, strides)
+
+
+def state_dict_fixture():
+    """(tensors by name, expected arrays by name): strided, offset, shared, fp16, int64, 0-d."""
+    base = np.arange(24, dtype=np.float32) * 0.5 - 3.0
+    shared = Storage("0", base)
+    half = np.array([0.5, -1.25, 65504.0, 6.1035156e-05], dtype=np.float16)
+    ints = np.array([[-(2**40), 7], [3, 2**62]], dtype=np.int64)
+    tensors = {
+        # (4, 6) row-major storage read transposed: size (6, 4), stride (1, 6)
+        "transposed": Tensor(shared, 0, (6, 4), (1, 6)),
+        # rows 1..3, columns 2..3 of the same storage: offset 8, size (3, 2), stride (6, 1)
+        "offset_block": Tensor(shared, 8, (3, 2), (6, 1)),
+        "half": contiguous("1", half),
+        "ints": contiguous("2", ints),
+        "scalar": Tensor(Storage("3", np.array([53], dtype=np.int64)), 0, (), ()),
+        "empty": Tensor(Storage("4", np.zeros(0, np.float32)), 0, (0, 3), (3, 1)),
+        "flags": contiguous("5", np.array([True, False, True])),
+        "double": contiguous("6", np.array([1.0 / 3.0, -2.5e-300])),
+    }
+    expected = {
+        "transposed": base.reshape(4, 6).T,
+        "offset_block": base.reshape(4, 6)[1:4, 2:4],
+        "half": half,
+        "ints": ints,
+        "scalar": np.array(53, dtype=np.int64),
+        "empty": np.zeros((0, 3), np.float32),
+        "flags": np.array([True, False, True]),
+        "double": np.array([1.0 / 3.0, -2.5e-300]),
+    }
+    return tensors, expected
+
+
+def _assert_same(got, expected):
+    assert list(got) == list(expected)
+    for name, want in expected.items():
+        assert got[name].dtype == want.dtype, name
+        assert got[name].shape == want.shape, name
+        assert got[name].flags.c_contiguous, name
+        np.testing.assert_array_equal(got[name], want, err_msg=name)
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_bare_state_dict_round_trip(tmp_path, fmt):
+    tensors, expected = state_dict_fixture()
+    path = tmp_path / "ckpt.pth"
+    sd = collections.OrderedDict(tensors)
+    if fmt == "zip":
+        write_zip_checkpoint(path, sd)
+    else:
+        write_legacy_checkpoint(path, sd)
+    got = load_torch_checkpoint(path)
+    _assert_same(got, expected)
+    # the two views of the shared storage are independent copies
+    got["transposed"][0, 0] = 100.0
+    assert got["offset_block"][0, 0] == expected["offset_block"][0, 0]
+
+
+def test_mmdet_style_wrapper_and_big_endian(tmp_path):
+    tensors, expected = state_dict_fixture()
+    ckpt = {
+        "meta": {"epoch": 12, "CLASSES": ("person", "bicycle"), "config": "model = dict()"},
+        "state_dict": collections.OrderedDict(tensors),
+    }
+    got = load_torch_checkpoint(write_zip_checkpoint(tmp_path / "m.pth", ckpt, byteorder="big"))
+    _assert_same(got, expected)
+
+
+def test_bfloat16_widened_exactly(tmp_path):
+    values = np.array([1.0, -2.0, 3.140625, 1e-3], dtype=np.float32)
+    bits = (values.view(np.uint32) >> 16).astype(np.uint16)  # truncation: exact bf16 values
+    want = (bits.astype(np.uint32) << 16).view(np.float32)
+    t = Tensor(Storage("0", bits, type_name="BFloat16Storage"), 0, (4,), (1,))
+    got = load_torch_checkpoint(write_zip_checkpoint(tmp_path / "b.pth", {"w": t}))
+    assert got["w"].dtype == np.float32
+    np.testing.assert_array_equal(got["w"], want)
+    assert got["w"][0] == 1.0 and got["w"][1] == -2.0 and got["w"][2] == 3.140625
+
+
+def test_mmengine_style_metadata_is_dropped_not_executed(tmp_path, caplog):
+    """NumPy objects in meta, a message-hub object and optimizer tensors: stubbed and dropped.
+
+    The message hub names a module that does not exist: loading still works, which shows the
+    global is never imported, let alone called.
+    """
+    tensors, expected = state_dict_fixture()
+    hub = Opaque(Global("mmengine.no_such_module", "HistoryBuffer"), (), {"_log": [1.0, 2.0]})
+    ckpt = {
+        "meta": {"seed": np.int64(3), "iters": np.arange(3), "dataset_meta": {"classes": ("a",)}},
+        "state_dict": collections.OrderedDict(tensors),
+        "message_hub": {"log_scalars": collections.OrderedDict(loss=hub)},
+        "optimizer": {"state": {0: {"momentum_buffer": contiguous("9", np.ones(2, np.float32))}}},
+    }
+    with caplog.at_level("WARNING", logger="ppdet_ghm.convert.torch_reader"):
+        got = load_torch_checkpoint(write_zip_checkpoint(tmp_path / "e.pth", ckpt))
+    _assert_same(got, expected)
+    text = caplog.text
+    assert "mmengine.no_such_module.HistoryBuffer" in text and "not executed" in text
+    assert "numpy" in text
+
+
+class _Evil:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def _evil_pickles(marker):
+    command = f"touch {marker}"
+    tensors, _ = state_dict_fixture()
+    return {
+        "in_meta": {"meta": _Evil(command), "state_dict": collections.OrderedDict(tensors)},
+        "in_state_dict": collections.OrderedDict(tensors, evil=_Evil(command)),
+        "top_level": _Evil(command),
+    }
+
+
+@pytest.mark.parametrize("where", ["in_meta", "in_state_dict", "top_level"])
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_malicious_pickle_refused_and_not_run(tmp_path, where, fmt):
+    marker = tmp_path / "pwned"
+    obj = _evil_pickles(marker)[where]
+    path = tmp_path / "evil.pth"
+    (write_zip_checkpoint if fmt == "zip" else write_legacy_checkpoint)(path, obj)
+    with pytest.raises(UnsafeCheckpointError) as err:
+        load_torch_checkpoint(path)
+    message = str(err.value)
+    assert f"{os.system.__module__}.system" in message  # 'posix.system' on Linux
+    assert str(path) in message
+    assert not marker.exists()
+
+
+def test_plain_malicious_pickle_file_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps(_Evil(f"touch {marker}")))
+    with pytest.raises(UnsafeCheckpointError, match=r"posix\.system|os\.system|nt\.system"):
+        load_torch_checkpoint(path)
+    assert not marker.exists()
+    pickle.loads(path.read_bytes())  # control: an ordinary unpickler does run it
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    "module,name",
+    [("builtins", "eval"), ("subprocess", "Popen"), ("torch", "load"), ("builtins", "getattr")],
+)
+def test_other_dangerous_globals_refused(tmp_path, module, name):
+    obj = {"state_dict": {}, "meta": Opaque(Global(module, name), ("1+1",))}
+    path = write_zip_checkpoint(tmp_path / "g.pth", obj)
+    with pytest.raises(UnsafeCheckpointError, match=f"'{module}.{name}'"):
+        load_torch_checkpoint(path)
+
+
+def test_discardable_object_inside_state_dict_is_an_error(tmp_path):
+    tensors, _ = state_dict_fixture()
+    sd = collections.OrderedDict(tensors, anchors=np.arange(3.0), count=3)
+    for i, obj in enumerate([sd, {"state_dict": sd, "meta": {}}]):
+        with pytest.raises(CheckpointError) as err:
+            load_torch_checkpoint(write_zip_checkpoint(tmp_path / f"n{i}.pth", obj))
+        assert "'anchors' is an object built by numpy" in str(err.value)
+        assert "'count' is a int" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "offset,size,stride,what",
+    [
+        (0, (5, 5), (5, 1), "beyond its storage"),  # 25 elements from a 24-element storage
+        (20, (2, 3), (3, 1), "beyond its storage"),
+        (0, (2, 3), (-1, 1), "bad tensor geometry"),
+        (-1, (2,), (1,), "bad tensor geometry"),
+        (0, (2, 3), (1,), "bad tensor geometry"),
+    ],
+)
+def test_out_of_bounds_geometry_refused(tmp_path, offset, size, stride, what):
+    t = Tensor(Storage("0", np.zeros(24, np.float32)), offset, size, stride)
+    with pytest.raises(CheckpointError, match=what):
+        load_torch_checkpoint(write_zip_checkpoint(tmp_path / "o.pth", {"w": t}))
+
+
+def test_storage_record_size_mismatch(tmp_path):
+    path = write_zip_checkpoint(tmp_path / "s.pth", {"w": contiguous("0", np.ones(4, np.float32))})
+    broken = tmp_path / "broken.pth"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(broken, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            dst.writestr(info.filename, data[:-4] if info.filename.endswith("data/0") else data)
+    with pytest.raises(CheckpointError, match=r"holds 12 bytes, its id says 4 x 4 = 16"):
+        load_torch_checkpoint(broken)
+
+
+def test_truncated_legacy_file(tmp_path):
+    path = write_legacy_checkpoint(tmp_path / "t.pth", {"w": contiguous("0", np.ones(4))})
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(CheckpointError, match="truncated inside storage 0"):
+        load_torch_checkpoint(path)
+
+
+def test_refuses_non_checkpoints(tmp_path):
+    tar_path = tmp_path / "old.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        info = tarfile.TarInfo("pickle")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    with pytest.raises(CheckpointError, match="tar-format"):
+        load_torch_checkpoint(tar_path)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x00not a pickle at all")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_torch_checkpoint(junk)
+    other = tmp_path / "int.pth"
+    other.write_bytes(pickle.dumps(12345, protocol=2))
+    with pytest.raises(CheckpointError, match="no legacy magic number"):
+        load_torch_checkpoint(other)
+    with pytest.raises(FileNotFoundError):
+        load_torch_checkpoint(tmp_path / "absent.pth")
+    lists = write_zip_checkpoint(tmp_path / "list.pth", [1, 2])
+    with pytest.raises(CheckpointError, match="not a dict"):
+        load_torch_checkpoint(lists)
+    no_sd = write_zip_checkpoint(tmp_path / "nosd.pth", {"model": {}, "epoch": 3})
+    with pytest.raises(CheckpointError, match=r"top-level keys: \['epoch', 'model'\]"):
+        load_torch_checkpoint(no_sd)
+
+
+def test_pickled_module_persistent_id_refused(tmp_path):
+    """A whole pickled nn.Module (legacy 'module' persistent id) is not a state_dict."""
+
+    class ModulePickler(TorchFormatPickler):
+        def persistent_id(self, obj):
+            if obj == "MODULE":
+                return ("module", Global("torch.nn", "Linear"), "linear.py", "source")
+            return None
+
+    f = io.BytesIO()
+    for value in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}):
+        pickle.dump(value, f, protocol=2)
+    ModulePickler(f, {}).dump({"model": "MODULE"})
+    path = tmp_path / "module.pth"
+    path.write_bytes(f.getvalue())
+    with pytest.raises(CheckpointError, match=r"torch\.nn\.Linear|unsupported persistent id"):
+        load_torch_checkpoint(path)
