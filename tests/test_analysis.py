@@ -7,6 +7,7 @@ differences of the losses, and hand-computed values.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -374,65 +375,24 @@ def test_ghm_monitor_records_each_level_every_k_iterations(tmp_path, caplog):
 
 
 # ------------------------------------------------------------------ plot-gradients end to end
-TINY_CONFIG = """
-architecture: RetinaNet
-num_classes: 4
-use_gpu: false
-weights: null
-worker_num: 0
-RetinaNet: {backbone: NormEvalResNet, neck: RetinaFPN, head: GHMRetinaHead}
-NormEvalResNet: {depth: 18, variant: b, freeze_at: 0, return_idx: [1, 2, 3]}
-RetinaFPN:
-  in_channels: [128, 256, 512]
-  out_channel: 32
-  num_extra_levels: 2
-  extra_source: input
-  relu_before_extra_convs: false
-  strides: [8, 16, 32]
-GHMRetinaHead:
-  feat_channels: 32
-  stacked_convs: 1
-  anchor_generator: {name: OctaveAnchorGenerator}
-  assigner: {name: MaxIoUAnchorAssigner}
-  box_coder: {name: DeltaXYWHBoxCoder}
-  loss_cls: {name: GHMCLoss, bins: 30, momentum: 0.0}
-  loss_bbox: {name: GHMRLoss, mu: 0.02, bins: 10, momentum: 0.0, loss_weight: 10.0}
-  postprocessor: {name: RetinaPostProcessor}
-TrainDataset:
-  !COCODataSet
-    image_dir: train
-    anno_path: annotations/instances_train.json
-    dataset_dir: DATA_DIR
-    data_fields: ['image', 'gt_bbox', 'gt_class', 'is_crowd']
-EvalDataset:
-  !COCODataSet
-    image_dir: val
-    anno_path: annotations/instances_val.json
-    dataset_dir: DATA_DIR
-EvalReader:
-  sample_transforms:
-    - Decode: {}
-    - Resize: {target_size: [96, 96], keep_ratio: true, interp: 2}
-    - NormalizeImage: {mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], is_scale: true}
-    - Permute: {}
-  batch_transforms:
-    - PadBatch: {pad_to_stride: 32}
-  batch_size: 1
-"""
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs/retinanet_ghm_r18_fpn_tiny_shapes.yml"
 
 
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
-    """A 3-image generated data set and a tiny RetinaNet-GHM config reading it."""
+    """A 3-image generated shapes set and overrides pointing the shipped tiny config at it."""
     from ppdet_ghm.data import DemoDataSpec, generate
 
     root = tmp_path_factory.mktemp("tiny")
     spec = DemoDataSpec(num_train=2, num_val=1, image_size=96, min_size=8, max_size=48,
                         empty_ratio=0.0)  # fmt: skip
     generate(spec, root / "data")
-    config = root / "tiny.yml"
-    config.write_text(TINY_CONFIG.replace("DATA_DIR", str(root / "data")))
-    return root, config
+    overrides = {
+        "TrainDataset.dataset_dir": str(root / "data"),
+        "EvalDataset.dataset_dir": str(root / "data"),
+        "weights": None,
+    }
+    return root, overrides
 
 
 def _np_bce(x, t):
@@ -460,9 +420,10 @@ def test_level_outputs_match_the_heads_own_per_level_losses(tiny_setup):
     from ppdet_ghm.analysis import plot_gradients as PG
     from ppdet_ghm.builder import build_model
 
-    _, config = tiny_setup
+    _, overrides = tiny_setup
     paddle.seed(0)
-    model = build_model(str(config))
+    momentum0 = {"GHMRetinaHead.loss_cls.momentum": 0.0, "GHMRetinaHead.loss_bbox.momentum": 0.0}
+    model = build_model(str(TINY_CONFIG), overrides={**overrides, **momentum0})
     model.eval()
     batch = next(iter(PG.build_loader(global_config, "train", 2)))
     levels = PG.level_outputs(model, batch)
@@ -492,9 +453,10 @@ def test_plot_gradients_end_to_end(tiny_setup, tmp_path):
 
     from ppdet_ghm.analysis import plot_gradients as PG
 
-    _, config = tiny_setup
+    _, overrides = tiny_setup
+    opts = [f"{k}={'null' if v is None else v}" for k, v in overrides.items()]
     args = PG.add_arguments(argparse.ArgumentParser()).parse_args(
-        ["-c", str(config), "--images", "2", "--out", str(tmp_path / "out"), "--split", "train"]
+        ["-c", str(TINY_CONFIG), "-o", *opts, "--images", "2", "--out", str(tmp_path / "out")]
     )
     paths = PG.run(args)
     data = json.loads(paths["json"].read_text())

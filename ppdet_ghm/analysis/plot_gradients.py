@@ -304,6 +304,12 @@ def run(args: argparse.Namespace) -> dict:
     model, cfg = _build(build_model, args.config, overrides)
     weights = cfg.get("weights")
     if weights:
+        stem = str(weights).removesuffix(".pdparams")
+        if not (Path(stem + ".pdparams").exists() or Path(str(weights)).exists()):
+            raise FileNotFoundError(
+                f"weights {weights!r} not found (the config's or -o weights=...); train first, "
+                "or pass -o weights=null to look at an untrained model"
+            )
         load_pretrain_weight(model, weights)
     else:
         logger.warning("no weights given (-o weights=...): the figures show an untrained model")
