@@ -486,3 +486,24 @@ def test_parse_overrides():
     }
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_overrides(["weights"])
+
+
+def test_ghm_monitor_follows_ppdet_iteration_after_resume():
+    import types
+
+    import paddle
+
+    from ppdet_ghm.analysis.ghm_monitor import GHMMonitor
+
+    head = paddle.nn.Layer()
+    head.loss_cls = _ghm_loss_for_monitor(4, 0.5)
+    monitor = GHMMonitor(types.SimpleNamespace(model=head, cfg={}), interval=10)
+    x, y, w = _random_levels(num_levels=1, num_classes=3)[0]
+    for step_id in range(3):  # resumed at epoch 2 of 5-step epochs: iterations 10, 11, 12
+        status = {"mode": "train", "epoch_id": 2, "step_id": step_id, "steps_per_epoch": 5}
+        monitor.on_step_begin(status)
+        head.loss_cls(paddle.to_tensor(x[:, :3]), paddle.to_tensor(np.minimum(y, 3)),
+                      paddle.to_tensor(w))  # fmt: skip
+        monitor.on_step_end(status)
+    monitor.close()
+    assert sorted(monitor.history) == [10]

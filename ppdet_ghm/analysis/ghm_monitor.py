@@ -95,7 +95,9 @@ class GHMMonitor(Callback):
     Args:
         trainer: the ppdet ``Trainer`` (its ``.model`` holds the GHM losses; ``.cfg`` may give
             ``vdl_log_dir``) or any object with a ``.model`` Layer.
-        interval: log every ``interval`` training iterations (the first iteration included), >= 1.
+        interval: log at the global iterations that are multiples of ``interval`` (iteration 0
+            included), >= 1. The iteration is ``epoch_id * steps_per_epoch + step_id`` from ppdet's
+            status when it has them (so it continues after a resume), else counted here.
         vdl_log_dir: VisualDL log directory; None = ``trainer.cfg['vdl_log_dir']`` if set, else no
             VisualDL output (the log file still gets the histograms).
         level_names: names of the successive calls of a loss within an iteration.
@@ -175,9 +177,16 @@ class GHMMonitor(Callback):
         return LevelRecord(kind=kind, call_index=call_index, counts=counts, acc_sum=acc_sum)
 
     # ---- Callback interface ---------------------------------------------------------------
+    def _sync_iteration(self, status: dict) -> None:
+        """Global iteration from ppdet's status (right after a resume too), else our own count."""
+        keys = ("epoch_id", "step_id", "steps_per_epoch")
+        if all(isinstance(status.get(k), int) for k in keys):
+            self.iteration = status["epoch_id"] * status["steps_per_epoch"] + status["step_id"]
+
     def on_step_begin(self, status: dict) -> None:
         if status.get("mode", "train") != "train":
             return
+        self._sync_iteration(status)
         self._active = self._is_main_rank() and self.iteration % self.interval == 0
         self._records, self._calls = [], {}
 
