@@ -153,7 +153,7 @@ def write_legacy_checkpoint(path, obj):
 def contiguous(key, array):
     """A contiguous tensor holding ``array`` in its own storage."""
     array = np.asarray(array)
-    strides = tuple(s // array.itemsize for s in np.ascontiguousarray(array).strides)
+    strides = tuple(s // array.itemsize for s in np.array(array, order="C").strides)
     return Tensor(Storage(key, array), 0, array.shape, strides)
 
 

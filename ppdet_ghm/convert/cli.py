@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ppdet_ghm.convert.mapping import ConversionError, choose_table, convert_state_dict
-from ppdet_ghm.convert.torch_reader import CheckpointError, load_torch_checkpoint
+from ppdet_ghm.convert.torch_reader import load_torch_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -42,17 +42,27 @@ def backbone_target_shapes(depth: int = 50) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in resnet.state_dict().items()}
 
 
-def model_target_shapes(config: str | None = None) -> dict[str, tuple[int, ...]]:
-    """``{name: shape}`` of our whole model, built by ``ppdet_ghm.build_model`` from ``config``."""
-    import ppdet_ghm
+#: Our GHM config, relative to the repository root (``configs/`` sits beside the package).
+DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "configs",
+    "retinanet_ghm_r50_fpn_1x_coco.yml",
+)
 
-    build_model = getattr(ppdet_ghm, "build_model", None)
-    if build_model is None:
+
+def model_target_shapes(config: str | None = None) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` of our whole model, built by ``ppdet_ghm.builder.build_model(config)``."""
+    try:
+        from ppdet_ghm.builder import build_model
+    except ImportError as err:
         raise ConversionError(
-            "ppdet_ghm.build_model is not available, so the full model's names and shapes are "
-            "unknown; only --backbone-only conversion works in this version"
-        )
-    model = build_model(config) if config is not None else build_model()
+            f"cannot build the model to learn its names and shapes ({err}); "
+            "only --backbone-only conversion works without it"
+        ) from err
+    config = DEFAULT_CONFIG if config is None else config
+    if not os.path.isfile(config):
+        raise ConversionError(f"model config {config} not found; pass --config")
+    model = build_model(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -103,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config",
         default=None,
-        help="model config for the target names/shapes (full model only; default: ours)",
+        help="model config giving the target names/shapes (full model only; default: "
+        "configs/retinanet_ghm_r50_fpn_1x_coco.yml)",
     )
     return parser
 
@@ -148,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             src, shapes, backbone_only=args.backbone_only, verbose=args.verbose
         )
         save_pdparams_atomic(out, args.dst)
-    except (CheckpointError, ConversionError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # CheckpointError, ConversionError, config errors
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
