@@ -301,13 +301,19 @@ def test_plain_malicious_pickle_file_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "module,name",
-    [("builtins", "eval"), ("subprocess", "Popen"), ("torch", "load"), ("builtins", "getattr")],
+    "module,name,shown",
+    [
+        ("builtins", "eval", "builtins.eval"),
+        ("__builtin__", "exec", "builtins.exec"),  # Python 2 spelling, mapped as pickle does
+        ("subprocess", "Popen", "subprocess.Popen"),
+        ("torch", "load", "torch.load"),
+        ("shutil", "rmtree", "shutil.rmtree"),
+    ],
 )
-def test_other_dangerous_globals_refused(tmp_path, module, name):
+def test_other_dangerous_globals_refused(tmp_path, module, name, shown):
     obj = {"state_dict": {}, "meta": Opaque(Global(module, name), ("1+1",))}
     path = write_zip_checkpoint(tmp_path / "g.pth", obj)
-    with pytest.raises(UnsafeCheckpointError, match=f"'{module}.{name}'"):
+    with pytest.raises(UnsafeCheckpointError, match=f"'{shown}'"):
         load_torch_checkpoint(path)
 
 

@@ -37,6 +37,7 @@ copied into a C-contiguous array in native byte order. ``bfloat16`` (no NumPy dt
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import logging
 import os
@@ -199,6 +200,7 @@ DISCARDABLE_GLOBALS: tuple[str, ...] = (
     "builtins.slice",
     "builtins.complex",
     "builtins.bytearray",
+    "builtins.getattr",  # mmengine HistoryBuffer.statistics_methods: getattr(HistoryBuffer, 'min')
     "datetime.*",
     "pathlib.*",
     "torch.device",
@@ -287,6 +289,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return sorted(self._stubs)
 
     def find_class(self, module, name):
+        # Python 2 spellings (protocol < 3 pickles write '__builtin__', 'copy_reg' ...), as
+        # pickle.Unpickler.find_class would map them with fix_imports=True.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         if (module, name) in TENSOR_GLOBALS:
             return TENSOR_GLOBALS[(module, name)]
         qualname = f"{module}.{name}"
