@@ -1,0 +1,48 @@
+"""Model pieces of RetinaNet-GHM R50-FPN, registered in ppdet's workspace on import.
+
+=====================  ==================================================================
+module                 registered classes
+=====================  ==================================================================
+``backbone``           ``NormEvalResNet``: ppdet ResNet with mmdet ``norm_eval`` BN
+``fpn``                ``RetinaFPN``: P3-P7, P6 from C5, no ReLU before the extra convs
+``anchors``            ``OctaveAnchorGenerator``: mmdet v2+ anchors (offset 0)
+``assigner``           ``MaxIoUAnchorAssigner``: mmdet MaxIoUAssigner with low-quality matches
+``box_coder``          ``DeltaXYWHBoxCoder``: mmdet DeltaXYWHBBoxCoder
+``postprocess``        ``RetinaPostProcessor``: mmdet 3.x test-time filtering + class-aware NMS
+``baseline_losses``    ``SigmoidFocalLoss``, ``BetaSmoothL1Loss``: the Focal/SmoothL1 baseline
+``head``               ``GHMRetinaHead``: per-FPN-level losses (the reference's granularity)
+=====================  ==================================================================
+
+The architecture is ppdet's own ``RetinaNet`` (``backbone``, ``neck``, ``head``).
+"""
+
+from ppdet_ghm.modeling import (  # noqa: F401  (imported to register in ppdet)
+    anchors,
+    assigner,
+    backbone,
+    baseline_losses,
+    box_coder,
+    fpn,
+    head,
+    postprocess,
+)
+from ppdet_ghm.modeling.anchors import OctaveAnchorGenerator
+from ppdet_ghm.modeling.assigner import MaxIoUAnchorAssigner
+from ppdet_ghm.modeling.backbone import NormEvalResNet
+from ppdet_ghm.modeling.baseline_losses import BetaSmoothL1Loss, SigmoidFocalLoss
+from ppdet_ghm.modeling.box_coder import DeltaXYWHBoxCoder
+from ppdet_ghm.modeling.fpn import RetinaFPN
+from ppdet_ghm.modeling.head import GHMRetinaHead
+from ppdet_ghm.modeling.postprocess import RetinaPostProcessor
+
+__all__ = [
+    "BetaSmoothL1Loss",
+    "DeltaXYWHBoxCoder",
+    "GHMRetinaHead",
+    "MaxIoUAnchorAssigner",
+    "NormEvalResNet",
+    "OctaveAnchorGenerator",
+    "RetinaFPN",
+    "RetinaPostProcessor",
+    "SigmoidFocalLoss",
+]

@@ -1,0 +1,156 @@
+"""Build the ppdet model of one of our configs, for scripts, checks and the engine.
+
+ppdet keeps every loaded config in one process-wide ``global_config`` and merges a new file into it
+without deleting anything, so a second config would inherit keys of the first (a FocalLoss
+``gamma`` left under a GHM loss block, a stale backbone option ...). :func:`load_config` therefore
+resets that state before loading, then checks every configured module for keys its constructor
+does not take, naming the file, instead of ppdet's ``TypeError`` deep inside ``create``.
+"""
+
+import logging
+import os
+
+from ppdet.core import workspace
+from ppdet.core.config.schema import SchemaDict
+
+import ppdet_ghm  # noqa: F401  (registers our modules in ppdet's workspace)
+
+__all__ = ["build_model", "load_config", "reset_config"]
+
+logger = logging.getLogger(__name__)
+
+
+def reset_config():
+    """Forget every loaded config value: registered modules keep only their constructor defaults."""
+    config = workspace.global_config
+    for key in list(config.keys()):
+        value = dict.__getitem__(config, key)
+        if isinstance(value, SchemaDict):
+            value.clear()
+        else:
+            del config[key]
+
+
+def _expand_dotted(overrides: dict) -> dict:
+    """``{'A.b.c': 1}`` -> ``{'A': {'b': {'c': 1}}}``; nested dicts pass through."""
+    expanded: dict = {}
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"override keys must be non-empty strings, got {key!r}")
+        parts = key.split(".")
+        node = expanded
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {key!r} conflicts with another override")
+        node[parts[-1]] = value
+    return expanded
+
+
+def _merge_overrides(target, overrides: dict, path: str, prefix: str = ""):
+    """Deep-merge ``overrides`` into ``target``; objects built by YAML tags (``!COCODataSet``) get
+    their attributes set instead of being replaced by a dict, as ppdet's merge would."""
+    for key, value in overrides.items():
+        current = dict.get(target, key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            _merge_overrides(current, value, path, f"{prefix}{key}.")
+        elif isinstance(value, dict) and current is not None and hasattr(current, "__dict__"):
+            for attr, attr_value in value.items():
+                if not hasattr(current, attr):
+                    raise ValueError(
+                        f"{path}: override {prefix}{key}.{attr}: {type(current).__name__} has no "
+                        f"attribute {attr!r}"
+                    )
+                setattr(current, attr, attr_value)
+        else:
+            target[key] = value
+
+
+def _check_keys(config, path: str):
+    """ValueError naming ``path`` for a key no constructor takes or an unregistered module."""
+    for name, value in config.items():
+        if isinstance(value, SchemaDict):
+            _check_module(name, value, path)
+        elif isinstance(value, dict) and name[:1].isupper() and not name.endswith("Reader"):
+            raise ValueError(
+                f"{path}: top-level block {name!r} is not a registered ppdet module "
+                "(misspelt? ppdet would ignore it silently)"
+            )
+
+
+def _check_module(name: str, schema: SchemaDict, path: str):
+    if schema.strict:
+        unknown = sorted(set(schema.keys()) - set(schema.schema.keys()))
+        if unknown:
+            raise ValueError(
+                f"{path}: unknown key(s) {unknown} for {name}; it takes {sorted(schema.schema)}"
+            )
+    for key in schema.inject:
+        block = dict.get(schema, key)
+        if not isinstance(block, dict):
+            continue
+        if "name" not in block:
+            raise ValueError(
+                f"{path}: {name}.{key} is a block without 'name' (ppdet would skip it silently)"
+            )
+        target = dict.get(workspace.global_config, str(block["name"]))
+        if not isinstance(target, SchemaDict):
+            raise ValueError(
+                f"{path}: {name}.{key} names {block['name']!r}, which is not a registered module"
+            )
+        if target.strict:
+            unknown = sorted(set(block) - {"name"} - set(target.schema))
+            if unknown:
+                raise ValueError(
+                    f"{path}: unknown key(s) {unknown} for {name}.{key} ({block['name']}); "
+                    f"it takes {sorted(target.schema)}"
+                )
+
+
+def load_config(config_path: str, overrides: dict | None = None):
+    """Load a ppdet YAML config (with its ``_BASE_`` files) into a freshly reset global config.
+
+    Args:
+        config_path: path of a ``.yml`` config.
+        overrides: optional values merged on top, as nested dicts (``{'GHMRetinaHead':
+            {'num_classes': 3}}``) or dotted keys (``{'GHMRetinaHead.num_classes': 3}``).
+
+    Returns:
+        ppdet's global config (an ``AttrDict``), as ``ppdet.core.workspace.load_config`` returns.
+
+    Raises:
+        FileNotFoundError: the config (or one of its bases) does not exist.
+        ValueError: a key no module takes, a block naming no registered module.
+    """
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"config file not found: {config_path}")
+    reset_config()
+    try:
+        config = workspace.load_config(config_path)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{config_path}: a file it needs is missing: {err}") from err
+    if overrides:
+        _merge_overrides(config, _expand_dotted(overrides), config_path)
+    _check_keys(config, config_path)
+    logger.debug("loaded %s (architecture %s)", config_path, config.get("architecture"))
+    return config
+
+
+def build_model(config_path: str, overrides: dict | None = None):
+    """The ppdet model of ``config_path`` (``create(cfg.architecture)``), in train mode.
+
+    The model has ``.backbone``, ``.neck`` and ``.head`` and takes ppdet's input dict: ``image``
+    [N, 3, H, W], ``im_shape`` [N, 2], ``scale_factor`` [N, 2] and, in training, ``gt_bbox`` /
+    ``gt_class`` (per-image lists, or padded tensors with ``pad_gt_mask``). No weights are loaded.
+
+    Args:
+        config_path: path of a ``.yml`` config.
+        overrides: see :func:`load_config`.
+    """
+    config = load_config(config_path, overrides)
+    if "architecture" not in config:
+        raise ValueError(f"{config_path}: no 'architecture' key")
+    try:
+        return workspace.create(config.architecture)
+    except TypeError as err:
+        raise ValueError(f"{config_path}: cannot build {config.architecture}: {err}") from err
