@@ -360,7 +360,7 @@ def test_full_model_conversion_loads_with_load_weight(tmp_path):
     builder = pytest.importorskip("ppdet_ghm.builder")
     if not os.path.isfile(DEFAULT_CONFIG):
         pytest.skip(f"no {DEFAULT_CONFIG}")
-    from ppdet.utils.checkpoint import load_weight
+    from ppdet.utils.checkpoint import load_pretrain_weight, load_weight
 
     spec = mmdet_retinanet_ghm_spec()
     src = tagged_state_dict(spec)
@@ -375,6 +375,16 @@ def test_full_model_conversion_loads_with_load_weight(tmp_path):
     dst = tmp_path / "retinanet_ghm.pdparams"
     assert main([str(torch_file), str(dst)]) == 0
     model = builder.build_model(DEFAULT_CONFIG)
+
+    # --backbone-only output of the same file: ppdet `pretrain_weights` fill exactly the backbone
+    backbone_dst = tmp_path / "backbone.pdparams"
+    assert main([str(torch_file), str(backbone_dst), "--backbone-only"]) == 0
+    load_pretrain_weight(model, str(backbone_dst)[: -len(".pdparams")])
+    state = model.state_dict()
+    for old, new in mmdet_retinanet_table().renames.items():
+        tagged = state[new].numpy().flat[0] == src[old].flat[0]
+        assert tagged == old.startswith("backbone."), old
+
     load_weight(model, str(dst))  # asserts that no model key is unmatched
     state = model.state_dict()
     renames = mmdet_retinanet_table().renames

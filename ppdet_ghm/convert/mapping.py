@@ -1,7 +1,7 @@
 """mmdet / torchvision state_dict names -> our Paddle RetinaNet-GHM names: a rename table and one apply.
 
 The table is written out name by name from explicit rules (print it with
-``python -c "from ppdet_ghm.convert.mapping import mmdet_retinanet_table as t; t().dump()"``):
+``python -c "from ppdet_ghm.convert import mmdet_retinanet_table as t; print(t().dump())"``):
 
 ==========================================  ===================================================
 torch (mmdet; torchvision drops ``backbone.``) Paddle (ppdet ResNet variant 'b' + our neck/head)
