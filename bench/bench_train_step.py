@@ -1,0 +1,81 @@
+"""Training iteration: ours (Paddle) against mmdet's RetinaNet-GHM (torch), same weights and inputs.
+
+One iteration = forward, loss (targets + 5 per-level GHM-C / GHM-R calls), backward, gradient clip
+(global L2 norm 35) and an SGD step with momentum 0.9 and weight decay 1e-4, at lr 0.01 x images / 16
+(linear scaling of the reference's 0.01 for 16 images). BN in eval mode, stage 1 frozen (both).
+
+Cases: ``b2_512`` (2 images of 512x512) and ``b1_800x1333`` (one 800x1333 image). The ``GHM ms``
+columns are the forward time spent inside the GHM loss calls per iteration (forward hooks on the
+loss layers) and its share of the iteration.
+
+    python -m bench.bench_train_step                     # both cases, both sides, 2 threads
+    python -m bench.bench_train_step --cases b2_512 --repeats 3 --sides paddle
+"""
+
+import argparse
+import sys
+
+from bench import common, inputs
+
+SCRIPT = "bench_train_step"
+BASE_LR = 0.01
+BASE_BATCH = 16
+
+
+def worker(args):
+    common.set_framework_threads(args.side, args.threads)
+    batch = inputs.make_batch(args.case)
+    lr = BASE_LR * len(batch["images"]) / BASE_BATCH
+    timer = common.SectionTimer()
+    if args.side == "torch":
+        from bench import torch_side as side
+    else:
+        from bench import paddle_side as side
+    model = side.build(args.seed)
+    side.hook_ghm(model, timer)
+    step = side.train_step(model, batch, lr)
+    losses = []
+
+    def timed():
+        losses.append(step())
+
+    res = common.measure(timed, args.warmup, args.repeats, after_warmup=timer.reset)
+    res["ghm_forward_s"] = timer.total_s / args.repeats
+    res["ghm_calls_per_iter"] = timer.calls / args.repeats
+    res["losses"] = losses
+    return res
+
+
+def _ghm_cells(case, ref, ours):
+    cells = []
+    for res in (ref, ours):
+        ghm, med = res.get("ghm_forward_s"), res.get("median_s")
+        if ghm is None or not med:
+            cells.append("-")
+        else:
+            cells.append(f"{ghm * 1000:.0f} ({100 * ghm / med:.1f} %)")
+    return cells
+
+
+def main(argv=None):
+    parser = common.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # worker only
+    parser.add_argument(
+        "--cases", nargs="+", choices=sorted(inputs.CASES), default=["b2_512", "b1_800x1333"]
+    )
+    args = parser.parse_args(argv)
+    if args.seed is None:
+        from align.weights import DEFAULT_SEED
+
+        args.seed = DEFAULT_SEED
+    if args.worker:
+        common.emit_result(worker(args))
+        return 0
+    results = common.drive(SCRIPT, args, args.cases)
+    header = [*common.COMPARISON_HEADER, "mmdet GHM fwd ms (share)", "ours GHM fwd ms (share)"]
+    rows = common.comparison_rows(results, args.cases, extra=_ghm_cells)
+    return common.finish(SCRIPT, args, header, rows, results)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

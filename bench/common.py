@@ -1,0 +1,371 @@
+"""Shared pieces of the model benchmarks: threads, timing, memory, one subprocess per measurement.
+
+Every measurement (one side, one case) runs in a fresh ``python -m bench.<script> --worker ...``
+process so that peak resident memory is that measurement's own and the two frameworks never share a
+process (their OpenMP runtimes and allocators would interfere). The driver (the same script without
+``--worker``) runs the workers one after the other, collects the JSON line each prints last, and
+prints a markdown table with ratios ours / reference.
+
+Threads: the driver sets ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` in each worker's environment
+before either framework is imported; the worker then calls ``torch.set_num_threads`` or Paddle's
+``core.set_num_threads`` (:func:`set_framework_threads`) with the same number.
+
+Timing: ``time.perf_counter`` around each call, ``warmup`` calls discarded, the median of
+``repeats`` calls reported (plus min and max). On CPU both frameworks execute eagerly and
+synchronously, so no device synchronisation is needed.
+
+Memory (Linux): ``peak_rss_mib`` is the process's peak resident set (``getrusage`` ``ru_maxrss``:
+imports, model, weights and the measured calls); ``phase_peak_rss_mib`` is the peak during the
+measured calls only (the kernel's ``VmHWM`` reset through ``/proc/self/clear_refs`` just before
+them), and ``base_rss_mib`` the resident set just before them.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_THREADS = 2
+DEFAULT_WARMUP = 2
+DEFAULT_REPEATS = 5
+RESULT_PREFIX = "BENCH_RESULT "
+SIDES = ("torch", "paddle")
+SIDE_LABELS = {"torch": "mmdet 3.3.0 (torch)", "paddle": "ours (Paddle)"}
+
+
+# --- threads -------------------------------------------------------------------------------------
+
+
+def thread_env(threads: int):
+    """Environment of a worker: the parent's plus the OpenMP / MKL thread counts."""
+    env = dict(os.environ)
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CPU_NUM"):
+        env[key] = str(threads)
+    env["PYTHONPATH"] = REPO_DIR + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ info lines
+    return env
+
+
+def set_framework_threads(side: str, threads: int):
+    """Intra-op threads of the framework of ``side`` (after the environment set them for OpenMP)."""
+    if side == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    elif side == "paddle":
+        import paddle
+
+        paddle.base.core.set_num_threads(threads)
+    else:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+
+
+# --- timing and memory ---------------------------------------------------------------------------
+
+
+def rss_mib(field: str = "VmRSS"):
+    """``field`` of ``/proc/self/status`` (VmRSS, VmHWM) in MiB, or None where there is no procfs."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss():
+    """Reset the kernel's peak-RSS mark (``VmHWM``) of this process; False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def process_peak_rss_mib():
+    """Peak resident set of this process since it started, in MiB (Linux ``ru_maxrss`` is KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def measure(fn, warmup: int, repeats: int, after_warmup=None):
+    """Call ``fn()`` ``warmup`` times untimed, then ``repeats`` times timed.
+
+    ``after_warmup()``, when given, runs between the two (e.g. to reset a :class:`SectionTimer`).
+
+    Returns:
+        dict with ``times_s`` (each timed call, seconds), ``median_s``, ``min_s``, ``max_s``,
+        ``base_rss_mib`` (resident set after the warm-up), ``phase_peak_rss_mib`` (peak during the
+        warm-up and timed calls; None where the peak cannot be reset) and ``peak_rss_mib``
+        (the process's peak since start).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    can_reset = reset_peak_rss()
+    for _ in range(warmup):
+        fn()
+    if after_warmup is not None:
+        after_warmup()
+    base = rss_mib()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {
+        "times_s": times,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "base_rss_mib": base,
+        "phase_peak_rss_mib": rss_mib("VmHWM") if can_reset else None,
+        "peak_rss_mib": process_peak_rss_mib(),
+    }
+
+
+class SectionTimer:
+    """Accumulates wall time spent inside some calls (e.g. the GHM losses) during a measurement.
+
+    ``enter()`` / ``exit()`` are installed as forward pre- and post-hooks of the loss layers (both
+    frameworks have them), so the forward time of each loss call is counted without editing the
+    model; ``per_call_s`` divides by the number of measured calls.
+    """
+
+    def __init__(self):
+        self.total_s = 0.0
+        self.calls = 0
+        self._start = None
+
+    def enter(self, *args):
+        self._start = time.perf_counter()
+
+    def exit(self, *args):
+        if self._start is not None:
+            self.total_s += time.perf_counter() - self._start
+            self.calls += 1
+            self._start = None
+
+    def reset(self):
+        self.total_s = 0.0
+        self.calls = 0
+        self._start = None
+
+
+def emit_result(result: dict):
+    """Print the worker's result as the one JSON line the driver reads."""
+    sys.stdout.flush()
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+# --- driver --------------------------------------------------------------------------------------
+
+
+def run_worker(script: str, worker_args, threads: int, timeout_s: float | None = None):
+    """Run ``python -m bench.<script> --worker <worker_args>`` in a fresh process; its result dict.
+
+    The worker's stderr passes through (progress, warnings); a failed worker gives
+    ``{"error": <last lines of its output>}`` instead of raising, so one side failing still lets
+    the other's numbers be printed.
+    """
+    cmd = [sys.executable, "-m", f"bench.{script}", "--worker", *map(str, worker_args)]
+    cmd += ["--threads", str(threads)]
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO_DIR,
+        env=thread_env(threads),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX) :])
+    tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+    return {"error": f"worker exited {proc.returncode}: {tail}"}
+
+
+def base_parser(description: str):
+    """Arguments shared by every benchmark script (driver and worker)."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="threads, both sides")
+    parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="untimed calls first")
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="timed calls")
+    parser.add_argument(
+        "--sides",
+        nargs="+",
+        choices=SIDES,
+        default=list(SIDES),
+        help="which implementations to run",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="weight seed (align.weights)")
+    parser.add_argument("--json", default=None, help="also write every result to this JSON file")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
+    return parser
+
+
+def load_average():
+    """The 1-, 5- and 15-minute load averages (None where unavailable)."""
+    try:
+        return tuple(round(x, 2) for x in os.getloadavg())
+    except OSError:
+        return None
+
+
+def machine_info():
+    """One line: CPU model, cores, Python, framework versions (read without importing them)."""
+    from importlib import metadata
+
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions = []
+    for dist in ("paddlepaddle", "paddledet", "torch", "mmdet", "mmcv-lite", "numpy"):
+        try:
+            versions.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{dist} -")
+    return f"{cpu}, {os.cpu_count()} cores; Python {sys.version.split()[0]}; " + ", ".join(versions)
+
+
+def fmt_ms(seconds):
+    return "-" if seconds is None else f"{seconds * 1000:.0f}"
+
+
+def fmt_mib(mib):
+    return "-" if mib is None else f"{mib:.0f}"
+
+
+def fmt_ratio(ours, ref):
+    if ours is None or ref is None or ref == 0:
+        return "-"
+    return f"{ours / ref:.2f}x"
+
+
+def markdown_table(header, rows):
+    """A markdown table from a header list and rows of strings."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def comparison_rows(results: dict, cases, extra=None):
+    """Rows ``case | ref median | ours median | ratio | ref peak RSS | ours peak RSS | ratio``.
+
+    ``results[(case, side)]`` is a worker's result dict; ``extra(case, ref, ours)`` may return more
+    cells for the row.
+    """
+    rows = []
+    for case in cases:
+        ref = results.get((case, "torch"), {})
+        ours = results.get((case, "paddle"), {})
+        row = [
+            case,
+            fmt_ms(ref.get("median_s")),
+            fmt_ms(ours.get("median_s")),
+            fmt_ratio(ours.get("median_s"), ref.get("median_s")),
+            fmt_mib(ref.get("peak_rss_mib")),
+            fmt_mib(ours.get("peak_rss_mib")),
+            fmt_ratio(ours.get("peak_rss_mib"), ref.get("peak_rss_mib")),
+        ]
+        if extra is not None:
+            row += extra(case, ref, ours)
+        rows.append(row)
+    return rows
+
+
+COMPARISON_HEADER = [
+    "case",
+    "mmdet ms",
+    "ours ms",
+    "time ours/ref",
+    "mmdet peak RSS MiB",
+    "ours peak RSS MiB",
+    "RSS ours/ref",
+]
+
+
+def report_errors(results: dict):
+    """Lines naming each failed measurement (printed under the table)."""
+    return [
+        f"- {case} / {side}: {res['error']}"
+        for (case, side), res in results.items()
+        if "error" in res
+    ]
+
+
+def write_json(path: str, payload):
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1)
+
+
+def drive(script: str, args, cases, extra_worker_args=()):
+    """Run one worker per (case, side), cases outermost; returns ``{(case, side): result}``.
+
+    Progress goes to stderr; each worker gets ``--side``, ``--case``, the timing arguments and
+    ``extra_worker_args``.
+    """
+    results = {}
+    for case in cases:
+        for side in args.sides:
+            worker_args = ["--side", side, "--case", case, "--warmup", args.warmup]
+            worker_args += ["--repeats", args.repeats, *extra_worker_args]
+            if args.seed is not None:
+                worker_args += ["--seed", args.seed]
+            print(f"[{script}] {case} / {side} (load {load_average()}) ...", file=sys.stderr)
+            res = run_worker(script, worker_args, args.threads)
+            res.setdefault("load_before", load_average())
+            results[(case, side)] = res
+            if "error" in res:
+                print(f"[{script}] {case} / {side} FAILED: {res['error']}", file=sys.stderr)
+            else:
+                print(
+                    f"[{script}] {case} / {side}: median {res['median_s'] * 1000:.0f} ms, "
+                    f"peak RSS {res['peak_rss_mib']:.0f} MiB",
+                    file=sys.stderr,
+                )
+    return results
+
+
+def finish(script: str, args, header, rows, results, notes=()):
+    """Print the table (with machine, threads, load) and write ``--json`` when asked."""
+    print(
+        f"\n{script}: {args.threads} threads both sides, {args.warmup} warm-up + "
+        f"{args.repeats} timed calls, median"
+    )
+    print(machine_info())
+    print(f"load average at the end: {load_average()}\n")
+    print(markdown_table(header, rows))
+    for line in [*notes, *report_errors(results)]:
+        print(line)
+    if args.json:
+        write_json(
+            args.json,
+            {
+                "script": script,
+                "threads": args.threads,
+                "warmup": args.warmup,
+                "repeats": args.repeats,
+                "machine": machine_info(),
+                "results": [
+                    {"case": case, "side": side, **res} for (case, side), res in results.items()
+                ],
+            },
+        )
+    return int(bool(report_errors(results)))

@@ -1,0 +1,223 @@
+"""Our side of the benchmarks: RetinaNet-GHM R50-FPN (ppdet ``RetinaNet`` + ``GHMRetinaHead``).
+
+The model is ``ppdet_ghm.builder.build_model(configs/retinanet_ghm_r50_fpn_1x_coco.yml)`` holding
+``align.weights.generate_state_dict(seed)`` through ``ppdet_ghm.convert.convert_state_dict``: the
+same arrays the reference loads. Inputs are the ppdet input dict as the reader hands it (normalised,
+padded images; ``im_shape``; ``scale_factor`` 1; per-image gt lists), built from the same NumPy batch.
+
+The training iteration mirrors the reference's: forward + loss, ``backward``, ``Momentum(0.9)`` with
+L2 weight decay 1e-4 and ``ClipGradByGlobalNorm(35)`` (Paddle clips before adding the decay, as
+torch's ``clip_grad_norm_`` + ``SGD(weight_decay)``), ``step``, ``clear_grad``.
+"""
+
+import contextlib
+import inspect
+import os
+
+import numpy as np
+
+from bench.common import REPO_DIR, SectionTimer
+
+CONFIG = os.path.join(REPO_DIR, "configs", "retinanet_ghm_r50_fpn_1x_coco.yml")
+MOMENTUM = 0.9
+WEIGHT_DECAY = 1e-4
+CLIP_MAX_NORM = 35.0
+
+
+def build(seed: int, config: str = CONFIG):
+    """Our model with the seeded weights of ``align.weights`` (converted), in eval mode."""
+    import paddle
+
+    from align import weights
+    from ppdet_ghm.builder import build_model
+    from ppdet_ghm.convert import convert_state_dict
+
+    model = build_model(config)
+    target_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = convert_state_dict(weights.generate_state_dict(seed), target_shapes)
+    missing, unexpected = model.set_state_dict(
+        {k: paddle.to_tensor(v) for k, v in state.items()}
+    ) or ([], [])
+    if missing or unexpected:
+        raise ValueError(f"weights not loaded: missing {missing}, unexpected {unexpected}")
+    model.eval()
+    return model
+
+
+def input_dict(batch, with_gt: bool):
+    """ppdet's input dict for ``batch`` (a fresh dict: the architecture keeps a reference)."""
+    import paddle
+
+    n = len(batch["images"])
+    inputs = {
+        "image": paddle.to_tensor(np.ascontiguousarray(batch["images"])),
+        "im_shape": paddle.to_tensor(np.array(batch["image_shapes"], dtype=np.float32)),
+        "scale_factor": paddle.ones([n, 2], dtype="float32"),
+    }
+    if with_gt:
+        inputs["gt_bbox"] = [paddle.to_tensor(b) for b in batch["gt_boxes"]]
+        inputs["gt_class"] = [paddle.to_tensor(c.reshape(-1, 1)) for c in batch["gt_labels"]]
+    return inputs
+
+
+def hook_ghm(model, timer: SectionTimer):
+    """Count the forward time of every GHM-C / GHM-R call in ``timer``."""
+    for loss in (model.head.loss_cls, model.head.loss_bbox):
+        loss.register_forward_pre_hook(timer.enter)
+        loss.register_forward_post_hook(timer.exit)
+
+
+def train_step(model, batch, lr: float):
+    """A closure running one training iteration on ``batch``; returns the loss as a float."""
+    import paddle
+
+    model.train()
+    params = [p for p in model.parameters() if not p.stop_gradient]
+    optimizer = paddle.optimizer.Momentum(
+        learning_rate=lr,
+        momentum=MOMENTUM,
+        parameters=params,
+        weight_decay=paddle.regularizer.L2Decay(WEIGHT_DECAY),
+        grad_clip=paddle.nn.ClipGradByGlobalNorm(CLIP_MAX_NORM),
+    )
+    inputs = input_dict(batch, with_gt=True)
+
+    def step():
+        loss = model(dict(inputs))["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.clear_grad()
+        return float(loss)
+
+    return step
+
+
+def head_outputs(model, batch):
+    """The head's raw outputs on ``batch`` (no grad), as NumPy: per-level cls and reg maps."""
+    import paddle
+
+    model.eval()
+    inputs = input_dict(batch, with_gt=False)
+    with paddle.no_grad():
+        cls_logits, bbox_deltas = model.head(model.neck(model.backbone(inputs)))
+    return [t.numpy() for t in cls_logits], [t.numpy() for t in bbox_deltas]
+
+
+def loss_step(model, batch, outputs):
+    """A closure: the head's loss on fixed head outputs (targets + 5 per-level GHM calls), backward."""
+    import paddle
+
+    model.train()
+    head = model.head
+    inputs = input_dict(batch, with_gt=True)
+    cls_np, reg_np = outputs
+
+    def step():
+        cls_logits = [paddle.to_tensor(a, stop_gradient=False) for a in cls_np]
+        bbox_deltas = [paddle.to_tensor(a, stop_gradient=False) for a in reg_np]
+        loss = head.get_loss((cls_logits, bbox_deltas), dict(inputs))["loss"]
+        loss.backward()
+        return float(loss)
+
+    return step
+
+
+def infer_step(model, batch):
+    """A closure: dygraph inference on ``batch`` with post-processing (NMS), rescaled boxes."""
+    import paddle
+
+    model.eval()
+    inputs = input_dict(batch, with_gt=False)
+
+    def step():
+        with paddle.no_grad():
+            out = model(dict(inputs))
+        return int(out["bbox_num"].sum())
+
+    return step
+
+
+@contextlib.contextmanager
+def _dy2static_zip_with_strict():
+    """Within the block, ``to_static`` accepts ``zip(..., strict=True)``.
+
+    Paddle 3.3.1's dy2static replaces ``zip`` by ``convert_zip(*args)``, which has no ``strict``
+    keyword, so tracing code that uses ``zip(strict=True)`` (ours) raises ``TypeError``. The
+    shim keeps Paddle's check and passes ``strict`` on; it does nothing when Paddle accepts it.
+    """
+    from paddle.jit.dy2static import convert_call_func, convert_operators
+
+    original = convert_operators.convert_zip
+    if "strict" in inspect.signature(original).parameters:
+        yield
+        return
+
+    def convert_zip(*args, strict=False):
+        original(*args)  # Paddle's check of dynamic leading dimensions
+        return zip(*args, strict=strict)
+
+    convert_operators.convert_zip = convert_call_func.convert_zip = convert_zip
+    try:
+        yield
+    finally:
+        convert_operators.convert_zip = convert_call_func.convert_zip = original
+
+
+def export(model, out_dir: str):
+    """Export ``model`` for inference (``to_static`` with ``full_graph=True``, ``jit.save``).
+
+    The input spec is ppdet's: ``image`` [N, 3, H, W], ``im_shape`` [N, 2], ``scale_factor``
+    [N, 2], with free N, H, W. Writes ``out_dir/model.{json|pdmodel,pdiparams}``.
+    """
+    import paddle
+    from paddle.static import InputSpec
+
+    model.eval()
+    spec = [
+        {
+            "image": InputSpec([None, 3, None, None], "float32", "image"),
+            "im_shape": InputSpec([None, 2], "float32", "im_shape"),
+            "scale_factor": InputSpec([None, 2], "float32", "scale_factor"),
+        }
+    ]
+    with _dy2static_zip_with_strict():
+        static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
+        paddle.jit.save(static, os.path.join(out_dir, "model"))
+    return out_dir
+
+
+def predictor_step(model_dir: str, batch, threads: int):
+    """A closure: the exported model through ``paddle.inference`` (oneDNN off, see compat).
+
+    Each call copies the inputs in, runs, and copies the detections out (what a deployment does).
+    """
+    from paddle import inference
+
+    from ppdet_ghm.compat import inference_config
+
+    config = inference_config(model_dir)
+    config.set_cpu_math_library_num_threads(threads)
+    config.disable_glog_info()
+    predictor = inference.create_predictor(config)
+    n = len(batch["images"])
+    feeds = {
+        "image": np.ascontiguousarray(batch["images"]),
+        "im_shape": np.array(batch["image_shapes"], dtype=np.float32),
+        "scale_factor": np.ones((n, 2), dtype=np.float32),
+    }
+    names = predictor.get_input_names()
+    missing = set(names) - set(feeds)
+    if missing:
+        raise ValueError(f"exported model wants inputs {sorted(missing)} the benchmark lacks")
+    handles = {name: predictor.get_input_handle(name) for name in names}
+    outputs = [predictor.get_output_handle(name) for name in predictor.get_output_names()]
+
+    def step():
+        for name, handle in handles.items():
+            handle.reshape(feeds[name].shape)
+            handle.copy_from_cpu(feeds[name])
+        predictor.run()
+        results = [h.copy_to_cpu() for h in outputs]
+        return int(results[1].sum()) if len(results) > 1 else len(results[0])
+
+    return step
