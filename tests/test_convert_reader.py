@@ -354,6 +354,16 @@ def test_storage_record_size_mismatch(tmp_path):
         load_torch_checkpoint(broken)
 
 
+def test_corrupt_storage_bytes_fail_the_crc(tmp_path):
+    path = write_zip_checkpoint(tmp_path / "c.pth", {"w": contiguous("0", np.arange(64.0))})
+    blob = bytearray(path.read_bytes())
+    at = blob.index(np.arange(64.0).tobytes())  # stored uncompressed: flip one byte of the data
+    blob[at + 100] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="corrupt storage record archive/data/0"):
+        load_torch_checkpoint(path)
+
+
 def test_truncated_legacy_file(tmp_path):
     path = write_legacy_checkpoint(tmp_path / "t.pth", {"w": contiguous("0", np.ones(4))})
     path.write_bytes(path.read_bytes()[:-3])

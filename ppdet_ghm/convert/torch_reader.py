@@ -382,7 +382,15 @@ class _Archive:
 class _ZipArchive(_Archive):
     def __init__(self, path: str):
         self.path = path
-        zf = zipfile.ZipFile(path)
+        self.zf = zipfile.ZipFile(path)
+        try:
+            self._open(path)
+        except BaseException:
+            self.zf.close()
+            raise
+
+    def _open(self, path: str):
+        zf = self.zf
         names = zf.namelist()
         pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pkl) != 1:
@@ -393,7 +401,6 @@ class _ZipArchive(_Archive):
             )
             raise CheckpointError(f"{path}: zip file without exactly one <archive>/data.pkl{hint}")
         self.prefix = pkl[0][: -len("data.pkl")]
-        self.zf = zf
         byteorder = "little"
         if self.prefix + "byteorder" in names:
             byteorder = zf.read(self.prefix + "byteorder").decode("ascii", "replace").strip()
@@ -415,7 +422,7 @@ class _ZipArchive(_Archive):
             io.BytesIO(zf.read(pkl[0])), source=path, persistent_load=persistent_load
         )
         obj = _run(unpickler, path)
-        super().__init__(obj, storages, unpickler.stubbed_globals)
+        _Archive.__init__(self, obj, storages, unpickler.stubbed_globals)
 
     def close(self):
         self.zf.close()
@@ -435,7 +442,11 @@ class _ZipArchive(_Archive):
                 f"{self.path}: storage record {name} holds {info.file_size} bytes, its id says "
                 f"{ref.numel} x {dtype.itemsize} = {expected}"
             )
-        return np.frombuffer(self.zf.read(name), dtype=dtype)
+        try:
+            raw = self.zf.read(name)
+        except zipfile.BadZipFile as err:
+            raise CheckpointError(f"{self.path}: corrupt storage record {name} ({err})") from err
+        return np.frombuffer(raw, dtype=dtype)
 
 
 class _LegacyArchive(_Archive):
@@ -521,7 +532,10 @@ def _open_archive(path: str) -> _Archive:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint file {path}")
     if zipfile.is_zipfile(path):
-        return _ZipArchive(path)
+        try:
+            return _ZipArchive(path)
+        except zipfile.BadZipFile as err:
+            raise CheckpointError(f"{path}: corrupt zip archive ({err})") from err
     if tarfile.is_tarfile(path):
         raise CheckpointError(
             f"{path}: tar-format torch checkpoint (torch < 0.4) is not supported; re-save it with "
