@@ -143,7 +143,7 @@ def _bin_index_(g, edges):
 # ---------------------------------------------------------------------------------------------
 # Harmonising weights
 # ---------------------------------------------------------------------------------------------
-def ghm_bin_weights(counts, tot, acc_sum=None, momentum=0.0):
+def ghm_bin_weights(counts, tot, acc_sum=None, momentum=0.0, dtype="float32"):
     """Per-bin GHM weights from the histogram of one call (paper Sec. 3.1, Eq. 3-4 with EMA).
 
     Args:
@@ -152,16 +152,17 @@ def ghm_bin_weights(counts, tot, acc_sum=None, momentum=0.0):
             ``sum(label_weight)``).
         acc_sum (Tensor | None): float32 ``[bins]``, the EMA of the counts; needed iff momentum > 0.
         momentum (float): EMA momentum ``m`` in [0, 1).
+        dtype: of the weights, float32 (bitwise the reference's) or float64.
 
     Returns:
-        (Tensor, Tensor | None): float32 ``[bins]`` weights (0 for empty bins) and the new
+        (Tensor, Tensor | None): ``[bins]`` weights (0 for empty bins) and the new
         ``acc_sum`` (``acc_sum`` itself when momentum is 0). A non-empty bin gets ``tot / count``
         (m = 0) or ``tot / acc`` with ``acc = m * acc + (1 - m) * count`` (empty bins keep ``acc``),
-        divided by the number of non-empty bins. Roundings follow the reference step by step, so
-        the float32 results are the reference's bit for bit.
+        divided by the number of non-empty bins. In float32 the roundings follow the reference
+        step by step, so the results are the reference's bit for bit.
     """
     nonempty = counts > 0
-    num_nonempty = nonempty.astype("float32").sum()
+    num_nonempty = nonempty.astype(dtype).sum()
     if momentum > 0:
         if acc_sum is None:
             raise ValueError("acc_sum is required when momentum > 0")
@@ -169,11 +170,14 @@ def ghm_bin_weights(counts, tot, acc_sum=None, momentum=0.0):
         decayed = acc_sum * float(np.float32(momentum))
         fresh = (counts * paddle.full([], 1.0 - momentum, dtype="float64")).astype("float32")
         acc_sum = paddle.where(nonempty, decayed + fresh, acc_sum)
-        # reference: tot / acc on a float32 tensor is reciprocal(acc) * fl32(tot)
-        weights = paddle.reciprocal(acc_sum) * tot.astype("float32")
+        if paddle.base.data_feeder.convert_dtype(dtype) == "float32":
+            # reference: tot / acc on a float32 tensor is reciprocal(acc) * fl32(tot)
+            weights = paddle.reciprocal(acc_sum) * tot.astype("float32")
+        else:
+            weights = tot.astype(dtype) / acc_sum.astype(dtype)
     else:
         # reference: float64 tot / count, stored as float32
-        weights = (tot / counts).astype("float32")
+        weights = (tot / counts).astype(dtype)
     weights = paddle.where(nonempty, weights, paddle.zeros_like(weights))
     return weights / paddle.clip(num_nonempty, min=1.0), acc_sum
 
@@ -184,7 +188,9 @@ def _world_size():
     return paddle.distributed.get_world_size()
 
 
-def _harmonize(idx, num_cols, label_weight, tot, acc_sum, momentum, loss_weight, sync_stats, bins):
+def _harmonize(
+    idx, num_cols, label_weight, tot, acc_sum, momentum, loss_weight, sync_stats, bins, dtype
+):
     """Per-element GHM weights, scaled as the reference's gradient: ``fl32(loss_weight / denom * w)``.
 
     Args:
@@ -192,9 +198,10 @@ def _harmonize(idx, num_cols, label_weight, tot, acc_sum, momentum, loss_weight,
         label_weight (Tensor): ``[N]`` (whole rows) or ``[N, num_cols]``; ``<= 0`` marks ignored
             elements.
         tot (Tensor): float64 scalar, the normaliser before the max with 1.
+        dtype: of the weights (the loss's compute dtype).
 
     Returns:
-        (Tensor, Tensor | None): the weights (float32, flat, 0 where ignored) and the new acc_sum.
+        (Tensor, Tensor | None): the weights (flat, 0 where ignored) and the new acc_sum.
     """
     # Ignored elements go to bins [bins, 2 * bins): not counted, weight 0.
     invalid = label_weight <= 0
@@ -212,15 +219,15 @@ def _harmonize(idx, num_cols, label_weight, tot, acc_sum, momentum, loss_weight,
         paddle.distributed.all_reduce(stats)
         counts, tot = stats[:bins], stats[bins]
     tot = paddle.clip(tot, min=1.0)
-    weights, acc_sum = ghm_bin_weights(counts, tot, acc_sum, momentum)
+    weights, acc_sum = ghm_bin_weights(counts, tot, acc_sum, momentum, dtype)
     # mmdet: loss.sum() / (tot + eps) * loss_weight; its gradient reaches each element as
     # fl32(fl32(loss_weight / denom) * w), which we build here once per bin.
-    denom = (tot + _AVG_EPS).astype("float32")
-    scale = paddle.full([], loss_weight, dtype="float32") / denom
+    denom = (tot + _AVG_EPS).astype(dtype)
+    scale = paddle.full([], loss_weight, dtype=dtype) / denom
     if world > 1:
         # the ranks' mean (DataParallel's) is then the loss of the concatenated batch
         scale = scale * float(world)
-    table = paddle.concat([weights * scale, paddle.zeros([bins], dtype="float32")])
+    table = paddle.concat([weights * scale, paddle.zeros([bins], dtype=dtype)])
     return paddle.gather(table, idx), acc_sum
 
 
@@ -232,7 +239,7 @@ class _HarmonizedBCE(PyLayer):
     ``grad_scale``, computed by the caller. Targets are either ``positives`` (flat indices of the
     ones of a binary target, the rest 0) or a flat float ``target``.
 
-    ``grad_dir`` is the caller's temporary and is overwritten; one backward pass per forward.
+    ``grad_dir`` is the caller's temporary and is overwritten.
     """
 
     @staticmethod
@@ -252,21 +259,17 @@ class _HarmonizedBCE(PyLayer):
         ctx.save_for_backward(grad_dir.multiply_(weight))
         ctx.pred_shape = pred.shape
         ctx.grad_scale = grad_scale
-        ctx.used = False
         return elem_loss.multiply_(weight).sum()
 
     @staticmethod
     def backward(ctx, grad_out):
-        if ctx.used:
-            raise RuntimeError(
-                "GHM-C loss: a second backward pass through one forward is not supported"
-            )
-        ctx.used = True
         (grad,) = ctx.saved_tensor()
         grad_out = grad_out.astype(grad.dtype)
         if ctx.grad_scale != 1.0:
             grad_out = grad_out / ctx.grad_scale
-        # one gradient per tensor input (static graphs require it): pred, grad_dir, weight, targets
+        # In place: a PyLayer graph is walked once (Paddle 3.3.1 crashes on a second backward
+        # through any PyLayer, retain_graph or not). One gradient per tensor input (static graphs
+        # require it): pred, grad_dir, weight and the targets.
         return grad.scale_(grad_out).reshape(ctx.pred_shape), None, None, None
 
 
@@ -358,8 +361,8 @@ def ghmc_loss(
             loss_weight,
             sync_stats,
             bins,
+            pred.dtype,
         )
-        weight = weight.astype(pred.dtype)
     loss = _HarmonizedBCE.apply(
         pred, grad_dir, weight, grad_scale, positives=positives, target=binary
     )
@@ -415,8 +418,8 @@ def ghmr_loss(
             loss_weight,
             sync_stats,
             bins,
+            pred.dtype,
         )
-        weight = weight.astype(pred.dtype)
     return (elem_loss.flatten() * weight).sum(), acc_sum
 
 
