@@ -106,7 +106,8 @@ class RetinaFPN(nn.Layer):
         """list of [N, C_i, H_i, W_i] (C3-C5) -> list of [N, out_channel, H_l, W_l] (P3-P7)."""
         if len(body_feats) != len(self.in_channels):
             raise ValueError(f"expected {len(self.in_channels)} inputs, got {len(body_feats)}")
-        laterals = [conv(x) for conv, x in zip(self.lateral_convs, body_feats, strict=True)]
+        # (no zip(strict=...): paddle.jit.to_static's zip does not take it)
+        laterals = [conv(body_feats[i]) for i, conv in enumerate(self.lateral_convs)]
         for i in range(len(laterals) - 1, 0, -1):
             size = _spatial_size(laterals[i - 1])
             laterals[i - 1] = laterals[i - 1] + F.interpolate(

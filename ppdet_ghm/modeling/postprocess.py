@@ -93,7 +93,9 @@ class RetinaPostProcessor:
         """
         num_classes = cls_logits[0].shape[1] // (bbox_deltas[0].shape[1] // 4)
         scores, labels, level_deltas, level_anchors = [], [], [], []
-        for logits, deltas, level_anchor in zip(cls_logits, bbox_deltas, anchors, strict=True):
+        if not len(cls_logits) == len(bbox_deltas) == len(anchors):
+            raise ValueError("cls_logits, bbox_deltas and anchors need one entry per level each")
+        for logits, deltas, level_anchor in zip(cls_logits, bbox_deltas, anchors):  # noqa: B905
             top_scores, anchor_idx, label = _topk_level(logits, self.nms_pre, num_classes)
             batch = paddle.shape(deltas)[0] if not paddle.in_dynamic_mode() else deltas.shape[0]
             deltas = deltas.transpose([0, 2, 3, 1]).reshape([batch, -1, 4])
