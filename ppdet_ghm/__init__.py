@@ -11,5 +11,8 @@ compat.import_ppdet_quietly()
 compat.apply()
 
 from ppdet_ghm import losses, modeling  # noqa: E402,F401  (imported to register in ppdet)
+from ppdet_ghm.builder import build_model, load_config  # noqa: E402
+
+__all__ = ["build_model", "load_config"]
 
 __version__ = "0.1.0"
