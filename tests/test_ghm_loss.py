@@ -487,3 +487,7 @@ def test_invalid_options_raise():
         GHMRLoss(mu=0.0)
     with pytest.raises(ValueError, match="labels"):
         GHMCLoss()(paddle.zeros([2, 3]), paddle.zeros([2, 3], dtype="int64"), paddle.ones([2]))
+    with pytest.raises(ValueError, match="label_weight"):
+        GHMCLoss()(paddle.zeros([2, 3]), paddle.zeros([2], dtype="int64"), paddle.ones([2, 1]))
+    with pytest.raises(ValueError, match="alike"):
+        GHMRLoss()(paddle.zeros([2, 4]), paddle.zeros([2, 3]), paddle.ones([2, 4]))

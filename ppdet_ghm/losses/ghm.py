@@ -97,6 +97,9 @@ def _exact_float32_scale(edges_key):
     k = np.float32(bins)
     if np.all(np.floor(inner * k) >= steps) and np.all(np.floor(below * k) <= steps - 1):
         return float(k)
+    logger.debug(
+        "%d bins: no exact float32 scale, bins are found by comparing with the edges", bins
+    )
     return None
 
 
@@ -281,6 +284,17 @@ def _check_momentum(momentum):
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
 
 
+def _check_label_weight(label_weight, pred):
+    if label_weight.ndim == 1 or (
+        label_weight.ndim == 2 and label_weight.shape[-1] == pred.shape[-1]
+    ):
+        return
+    raise ValueError(
+        f"label_weight must be [N] (per row) or [N, {pred.shape[-1]}] like pred, "
+        f"got shape {label_weight.shape}"
+    )
+
+
 def ghmc_loss(
     pred,
     target,
@@ -317,6 +331,7 @@ def ghmc_loss(
         pred = pred.astype("float32")
     if pred.ndim != 2:
         raise ValueError(f"pred must be [N, C] logits, got shape {pred.shape}")
+    _check_label_weight(label_weight, pred)
     num_classes = pred.shape[1]
     edges = ghmc_edges(bins)
     logits = pred.flatten()
@@ -390,7 +405,8 @@ def ghmr_loss(
 
     Args:
         pred, target (Tensor): float ``[N, 4]`` (any ``[N, K]``) box deltas.
-        label_weight (Tensor): ``[N, 4]``; ``> 0`` valid. ``tot = max(sum(label_weight), 1)``;
+        label_weight (Tensor): ``[N, 4]`` (or ``[N]``, per row); ``> 0`` valid.
+            ``tot = max(sum(label_weight), 1)``;
             the per-element weights are the bin weights only, as in the reference.
         acc_sum, bins, momentum, loss_weight, sync_stats: as :func:`ghmc_loss`.
 
@@ -402,6 +418,7 @@ def ghmr_loss(
         pred = pred.astype("float32")
     if pred.ndim != 2 or tuple(target.shape) != tuple(pred.shape):
         raise ValueError(f"pred and target must be [N, K] alike, got {pred.shape}, {target.shape}")
+    _check_label_weight(label_weight, pred)
     diff = pred - target.astype(pred.dtype)
     root = paddle.sqrt(diff * diff + mu * mu)
     elem_loss = root - mu
