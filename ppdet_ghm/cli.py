@@ -1,0 +1,348 @@
+"""``ppdet-ghm`` (also ``python -m ppdet_ghm``): the command line of the pipeline.
+
+Sub-commands, with PaddleDetection's familiar flags (``-c CONFIG``, ``-o key=value`` overrides
+with dotted keys and YAML values as ppdet's ``tools/*.py``, ``--eval``, ``-r/--resume``,
+``--use_vdl``, ``--output_dir``)::
+
+    ppdet-ghm train  -c configs/demo.yml [--eval] [-r output/demo/3] [--use_vdl] [--output_dir D]
+    ppdet-ghm eval   -c configs/demo.yml --weights output/demo/model_final [--output_dir D]
+    ppdet-ghm eval   --json bbox.json --gt instances_val.json          # no model: COCO eval only
+    ppdet-ghm infer  -c configs/demo.yml --weights W --infer_dir imgs/ [--draw_threshold 0.5]
+    ppdet-ghm infer  --model_dir output/demo/export --infer_img a.jpg  # exported model, predictor
+    ppdet-ghm export -c configs/demo.yml --weights W [--output_dir D]
+    ppdet-ghm convert SRC.pth DST.pdparams [...]                       # ppdet_ghm.convert
+    ppdet-ghm make-demo-data [--out demo_data] [--seed 0]
+    ppdet-ghm demo                                                     # what `make demo` runs
+    ppdet-ghm plot-gradients -c CONFIG -o weights=W                    # ppdet_ghm.analysis
+
+Exit status: 0 on success, 2 on a usage error, 1 on an error of the run (message on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import yaml
+
+__all__ = ["build_parser", "main", "parse_overrides"]
+
+logger = logging.getLogger(__name__)
+
+
+def parse_overrides(items: Sequence[str] | None) -> dict:
+    """``["a.b=1", "weights=x"]`` -> ``{"a.b": 1, "weights": "x"}``: values parsed as YAML with
+    ppdet's tags (``!PiecewiseDecay {...}``), keys kept dotted for ``builder.load_config``."""
+    overrides = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not KEY=VALUE")
+        overrides[key.strip()] = yaml.load(value, Loader=yaml.Loader)  # ppdet registers tags here
+    return overrides
+
+
+def _add_config_args(parser: argparse.ArgumentParser, required: bool = True):
+    parser.add_argument("-c", "--config", required=required, help="config file (YAML)")
+    parser.add_argument(
+        "-o",
+        "--opt",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides, ppdet style: dotted keys, YAML values (e.g. epoch=2 "
+        "TrainReader.batch_size=4 weights=output/demo/model_final)",
+    )
+    parser.add_argument("--output_dir", default=None, help="where outputs go")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: all available)"
+    )
+
+
+def _add_weights_arg(parser: argparse.ArgumentParser):
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="model weights (.pdparams path, suffix optional); default: the config's `weights`",
+    )
+
+
+def _add_image_args(parser: argparse.ArgumentParser):
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--infer_img", help="one image")
+    group.add_argument("--infer_dir", help="a folder of images (jpg, jpeg, png, bmp)")
+    parser.add_argument(
+        "--draw_threshold", type=float, default=0.5, help="minimum score drawn (default 0.5)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ppdet-ghm",
+        description="GHM RetinaNet on PaddleDetection: train, evaluate, infer, export, convert.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model")
+    _add_config_args(p)
+    p.add_argument("--eval", action="store_true", help="evaluate after every snapshot epoch")
+    p.add_argument("-r", "--resume", default=None, help="checkpoint to resume (path, no suffix)")
+    p.add_argument("--use_vdl", action="store_true", help="log to VisualDL (<output_dir>/vdl)")
+    p.add_argument("--seed", type=int, default=None, help="seed Paddle, NumPy and Python")
+    p.add_argument("--progress", action="store_true", help="progress bar")
+
+    p = sub.add_parser(
+        "eval",
+        help="COCO-evaluate a model (or, with --json and --gt, a detections file)",
+    )
+    _add_config_args(p, required=False)
+    _add_weights_arg(p)
+    p.add_argument("--json", default=None, help="detections JSON to evaluate (no model)")
+    p.add_argument("--gt", default=None, help="ground-truth COCO JSON for --json")
+    p.add_argument("--progress", action="store_true", help="progress bar")
+
+    p = sub.add_parser("infer", help="detect objects, draw them and write a detections JSON")
+    _add_config_args(p, required=False)
+    _add_weights_arg(p)
+    p.add_argument("--model_dir", default=None, help="exported model folder (Python predictor)")
+    _add_image_args(p)
+
+    p = sub.add_parser("export", help="export a Paddle inference model")
+    _add_config_args(p)
+    _add_weights_arg(p)
+
+    p = sub.add_parser(
+        "convert", help="convert a PyTorch checkpoint (arguments: see `ppdet-ghm convert -h`)"
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of ppdet_ghm.convert")
+
+    p = sub.add_parser("make-demo-data", help="generate the demo's COCO-format shapes data set")
+    p.add_argument("--out", default="demo_data", help="output folder (default demo_data)")
+    _add_demo_data_args(p)
+
+    p = sub.add_parser("demo", help="the CPU demo: data, train, evaluate, draw (make demo)")
+    from ppdet_ghm.engine import demo
+
+    demo.add_arguments(p)
+
+    try:
+        from ppdet_ghm.analysis import plot_gradients
+    except ImportError:  # optional: the analysis module is not installed
+        plot_gradients = None
+    if plot_gradients is not None:
+        p = sub.add_parser("plot-gradients", help="the paper's gradient figures from a model")
+        plot_gradients.add_arguments(p)
+    return parser
+
+
+def _add_demo_data_args(parser: argparse.ArgumentParser):
+    from ppdet_ghm.data.demo_data import DemoDataSpec
+
+    defaults = DemoDataSpec()
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--num-train", type=int, default=defaults.num_train)
+    parser.add_argument("--num-val", type=int, default=defaults.num_val)
+    parser.add_argument("--image-size", type=int, default=defaults.image_size)
+    parser.add_argument("--min-size", type=int, default=defaults.min_size)
+    parser.add_argument("--max-size", type=int, default=defaults.max_size)
+    parser.add_argument("--image-format", choices=("jpg", "png"), default=defaults.image_format)
+
+
+def _print_results(results, out_dir: str | None = None):
+    from ppdet_ghm.engine.coco_eval import format_per_class_table
+
+    print(results.summary)
+    print()
+    print("per-class AP (0.5:0.95):")
+    print(format_per_class_table(results.per_class_ap))
+    if out_dir:
+        print(f"\ndetections and metrics: {out_dir}")
+
+
+def _cmd_train(args) -> int:
+    from ppdet_ghm.engine import tasks
+
+    trainer = tasks.train(
+        args.config,
+        overrides=parse_overrides(args.opt),
+        output_dir=args.output_dir,
+        validate=args.eval,
+        resume=args.resume,
+        use_vdl=args.use_vdl,
+        progress=args.progress,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    print(f"checkpoints and train.log: {trainer.output_dir}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from ppdet_ghm.engine import tasks
+    from ppdet_ghm.engine.coco_eval import evaluate_detections
+
+    if args.json or args.gt:
+        if not (args.json and args.gt):
+            raise _UsageError("eval --json needs --gt (and --gt needs --json)")
+        if args.config:
+            raise _UsageError("eval: give either -c CONFIG or --json/--gt, not both")
+        results = evaluate_detections(args.json, args.gt)
+        _print_results(results)
+        if args.output_dir:
+            os.makedirs(args.output_dir, exist_ok=True)
+            with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
+                json.dump(results.to_dict(), f, indent=1)
+        return 0
+    if not args.config:
+        raise _UsageError("eval needs -c CONFIG (or --json DETS --gt GT)")
+    results = tasks.evaluate(
+        args.config,
+        weights=args.weights,
+        overrides=parse_overrides(args.opt),
+        output_dir=args.output_dir,
+        progress=args.progress,
+        threads=args.threads,
+    )
+    _print_results(results, args.output_dir)
+    return 0
+
+
+def _cmd_infer(args) -> int:
+    from ppdet_ghm.engine import tasks
+
+    images = tasks.find_images(args.infer_img or args.infer_dir)
+    if args.model_dir:
+        if args.config or args.weights:
+            raise _UsageError("infer: give either --model_dir or -c CONFIG/--weights, not both")
+        output_dir = args.output_dir or os.path.join(args.model_dir, "infer")
+        records = tasks.predict_exported(
+            args.model_dir,
+            images,
+            output_dir=output_dir,
+            draw_threshold=args.draw_threshold,
+            threads=args.threads,
+        )
+    else:
+        if not args.config:
+            raise _UsageError("infer needs -c CONFIG (with --weights) or --model_dir")
+        from ppdet_ghm.builder import load_config
+
+        output_dir = args.output_dir or tasks.default_output_dir(load_config(args.config), "infer")
+        records = tasks.infer(
+            args.config,
+            images,
+            weights=args.weights,
+            overrides=parse_overrides(args.opt),
+            output_dir=output_dir,
+            draw_threshold=args.draw_threshold,
+            threads=args.threads,
+        )
+    shown = sum(r["score"] >= args.draw_threshold for r in records)
+    print(
+        f"{len(images)} image(s), {len(records)} detection(s), {shown} with score >= "
+        f"{args.draw_threshold} drawn; images and detections.json in {output_dir}"
+    )
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from ppdet_ghm.engine import tasks
+
+    out = tasks.export(
+        args.config,
+        weights=args.weights,
+        overrides=parse_overrides(args.opt),
+        output_dir=args.output_dir,
+    )
+    print(f"inference model: {out}")
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from ppdet_ghm.convert import main as convert_main
+
+    argv = list(args.args)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    return int(convert_main(argv) or 0)
+
+
+def _cmd_make_demo_data(args) -> int:
+    from tqdm import tqdm
+
+    from ppdet_ghm.data.demo_data import DemoDataSpec, generate, validate
+
+    spec = DemoDataSpec(
+        seed=args.seed,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        image_size=args.image_size,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        image_format=args.image_format,
+    )
+    with tqdm(total=spec.num_train + spec.num_val, desc="demo data", unit="img") as bar:
+        generate(spec, args.out, progress=bar.update)
+    summary = validate(args.out, spec)
+    for split, counts in summary.items():
+        print(
+            f"{split}: {counts['images']} images, {counts['objects']} objects, "
+            f"{counts['empty_images']} without objects"
+        )
+    print(f"written to {args.out} (annotations/instances_train.json, instances_val.json)")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from ppdet_ghm.engine import demo
+
+    demo.run(args)
+    return 0
+
+
+def _cmd_plot_gradients(args) -> int:
+    from ppdet_ghm.analysis import plot_gradients
+
+    plot_gradients.run(args)
+    return 0
+
+
+class _UsageError(Exception):
+    """A wrong combination of arguments (exit status 2)."""
+
+
+_COMMANDS = {
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "infer": _cmd_infer,
+    "export": _cmd_export,
+    "convert": _cmd_convert,
+    "make-demo-data": _cmd_make_demo_data,
+    "demo": _cmd_demo,
+    "plot-gradients": _cmd_plot_gradients,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``ppdet-ghm`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="[%(asctime)s] %(name)s %(levelname)s: %(message)s",
+        datefmt="%m/%d %H:%M:%S",
+    )
+    try:
+        return _COMMANDS[args.command](args)
+    except _UsageError as err:
+        parser.error(str(err))  # exits with status 2
+    except (FileNotFoundError, ValueError) as err:
+        print(f"ppdet-ghm {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,14 @@
+"""Training, evaluation, inference and export around ppdet's ``Trainer`` (subclassed, not forked).
+
+- :mod:`.trainer`: :class:`GHMTrainer` (exact resume, output folder, log file, progress bars);
+- :mod:`.tasks`: ``train`` / ``evaluate`` / ``infer`` / ``export`` / ``predict_exported``;
+- :mod:`.coco_eval`: COCO box evaluation of a detections JSON against a ground-truth JSON;
+- :mod:`.predictor`: :class:`ExportedDetector`, the Python predictor of an exported model;
+- :mod:`.visualize`: drawing detections;
+- :mod:`.demo`: the CPU demo that ``make demo`` runs.
+"""
+
+from ppdet_ghm.engine.coco_eval import CocoBoxResults, evaluate_detections
+from ppdet_ghm.engine.trainer import GHMTrainer, load_model_weights
+
+__all__ = ["CocoBoxResults", "GHMTrainer", "evaluate_detections", "load_model_weights"]

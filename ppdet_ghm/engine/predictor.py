@@ -1,0 +1,138 @@
+"""Python predictor for a model written by ``ppdet-ghm export`` (``paddle.inference``).
+
+An export folder holds ``model.json`` (PIR program; ``model.pdmodel`` with older Paddle),
+``model.pdiparams`` and ``infer_cfg.yml`` (preprocessing and class names, written by ppdet).
+:class:`ExportedDetector` runs it on single images with **the same preprocessing code as the
+dygraph reader** (ppdet's ``Decode``, ``Resize``, ``NormalizeImage``, ``Permute`` operators, then
+zero padding to a multiple of the ``PadStride`` stride), so its detections equal those of the
+dygraph model up to float32 round-off.
+
+oneDNN caveat (Paddle 3.3.1, CPU): the predictor fails on the exported RetinaNet when oneDNN
+(MKL-DNN) is enabled; :func:`ppdet_ghm.compat.inference_config` therefore calls
+``config.disable_mkldnn()``. Keep it disabled when you build your own ``paddle.inference.Config``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ppdet_ghm import compat
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ExportedDetector"]
+
+_SUPPORTED_OPS = ("Resize", "NormalizeImage", "Permute", "PadStride")
+
+
+class ExportedDetector:
+    """Run an exported detector on images.
+
+    Args:
+        model_dir: the export folder (``model.json``/``.pdmodel``, ``.pdiparams``,
+            ``infer_cfg.yml``).
+        threads: CPU math threads (default: the CPUs this process may use).
+        use_gpu: run on GPU 0 (needs paddlepaddle-gpu).
+
+    Raises:
+        FileNotFoundError: no exported model or no ``infer_cfg.yml`` in ``model_dir``.
+        ValueError: a preprocessing step of ``infer_cfg.yml`` this predictor does not implement.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, *, threads: int | None = None, use_gpu=False):
+        from paddle import inference
+        from ppdet.data.transform import operators
+
+        model_dir = str(model_dir)
+        cfg_path = os.path.join(model_dir, "infer_cfg.yml")
+        if not os.path.isfile(cfg_path):
+            raise FileNotFoundError(f"{cfg_path} not found: is {model_dir} an export folder?")
+        with open(cfg_path) as f:
+            infer_cfg = yaml.safe_load(f)
+        self.label_list: list[str] = list(infer_cfg.get("label_list", []))
+        self.draw_threshold: float = float(infer_cfg.get("draw_threshold", 0.5))
+        # dataset category id per class index (written by ppdet_ghm's export; 1-based otherwise)
+        self.category_ids: list[int] = list(
+            infer_cfg.get("category_ids", range(1, len(self.label_list) + 1))
+        )
+
+        self._decode = operators.Decode()
+        self._ops = []
+        self._pad_stride = 1
+        for step in infer_cfg["Preprocess"]:
+            step = dict(step)
+            kind = step.pop("type")
+            if kind not in _SUPPORTED_OPS:
+                raise ValueError(
+                    f"{cfg_path}: preprocessing step {kind!r} is not supported (supported: "
+                    f"{', '.join(_SUPPORTED_OPS)})"
+                )
+            if kind == "PadStride":
+                self._pad_stride = int(step["stride"])
+            else:
+                self._ops.append(getattr(operators, kind)(**step))
+
+        config = compat.inference_config(model_dir)  # oneDNN off, see the module docstring
+        if use_gpu:
+            config.enable_use_gpu(256, 0)
+        else:
+            config.set_cpu_math_library_num_threads(threads or len(os.sched_getaffinity(0)))
+        self._predictor = inference.create_predictor(config)
+        self.input_names = self._predictor.get_input_names()
+
+    def preprocess(self, image: str | os.PathLike | np.ndarray) -> dict[str, np.ndarray]:
+        """Inputs of the exported program for one image (a path, or an RGB uint8 HxWx3 array).
+
+        Returns ``image`` [1, 3, H', W'] float32 (padded), ``im_shape`` [1, 2] (resized H, W)
+        and ``scale_factor`` [1, 2] (resized / original, y then x).
+        """
+        if isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"image array must be HxWx3 RGB, got shape {image.shape}")
+            sample = {"image": image, "h": image.shape[0], "w": image.shape[1]}
+        else:
+            sample = {"im_file": str(image)}
+            sample = self._decode(sample)
+        sample.setdefault("im_shape", np.array(sample["image"].shape[:2], dtype=np.float32))
+        sample.setdefault("scale_factor", np.ones(2, dtype=np.float32))
+        for op in self._ops:
+            sample = op(sample)
+        chw = sample["image"].astype(np.float32)
+        stride = self._pad_stride
+        height = int(np.ceil(chw.shape[1] / stride) * stride)
+        width = int(np.ceil(chw.shape[2] / stride) * stride)
+        padded = np.zeros((3, height, width), dtype=np.float32)
+        padded[:, : chw.shape[1], : chw.shape[2]] = chw
+        return {
+            "image": padded[None],
+            "im_shape": np.asarray(sample["im_shape"], dtype=np.float32).reshape(1, 2),
+            "scale_factor": np.asarray(sample["scale_factor"], dtype=np.float32).reshape(1, 2),
+        }
+
+    def predict(self, image: str | os.PathLike | np.ndarray) -> np.ndarray:
+        """Detections of one image: float32 [M, 6] rows ``(class index, score, x1, y1, x2, y2)``
+        in original-image pixels, as ppdet's ``bbox`` output (class index into ``label_list``),
+        highest score first within each class as NMS returns them."""
+        inputs = self.preprocess(image)
+        for name in self.input_names:
+            handle = self._predictor.get_input_handle(name)
+            handle.reshape(inputs[name].shape)
+            handle.copy_from_cpu(inputs[name])
+        self._predictor.run()
+        outputs = [
+            self._predictor.get_output_handle(name).copy_to_cpu()
+            for name in self._predictor.get_output_names()
+        ]
+        boxes, num = outputs[0], outputs[1]
+        count = int(np.asarray(num).reshape(-1)[0])
+        dets = np.asarray(boxes[:count], dtype=np.float32).reshape(-1, 6)
+        return dets[dets[:, 0] >= 0]  # an empty result comes as one row of class -1
+
+    def predict_files(self, paths: list[str | os.PathLike]) -> dict[str, np.ndarray]:
+        """:meth:`predict` for each path; returns ``{path: detections}``."""
+        return {str(Path(p)): self.predict(p) for p in paths}

@@ -1,0 +1,308 @@
+"""The pipeline's tasks as functions: train, evaluate, infer, export, run an exported model.
+
+The command line (:mod:`ppdet_ghm.cli`) and the demo call these; each loads the config with
+:func:`ppdet_ghm.builder.load_config` (fresh global config, unknown keys rejected), picks the
+device, and drives :class:`~ppdet_ghm.engine.trainer.GHMTrainer`.
+
+Detections JSON written by :func:`infer` and :func:`predict_exported` (``detections.json``): a
+list of ``{"file_name", "image_id", "category_id", "category_name", "class_index", "bbox": [x,
+y, w, h], "score"}``, every detection the model returns (score >= the config's ``score_thr``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import paddle
+import yaml
+
+from ppdet_ghm.builder import load_config
+from ppdet_ghm.engine.coco_eval import CocoBoxResults, evaluate_detections
+from ppdet_ghm.engine.trainer import GHMTrainer, load_model_weights, log_to_file
+from ppdet_ghm.engine.visualize import draw_detections
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "default_output_dir",
+    "evaluate",
+    "export",
+    "find_images",
+    "infer",
+    "predict_exported",
+    "setup_runtime",
+    "train",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def setup_runtime(cfg, threads: int | None = None, seed: int | None = None) -> str:
+    """Pick the device (GPU when the config asks for it and Paddle has one, else CPU), set the
+    CPU math threads (default: the CPUs this process may use), seed Paddle/NumPy/Python when
+    ``seed`` is given, and join the distributed group under ``paddle.distributed.launch``.
+    Returns the device name."""
+    use_gpu = bool(cfg.get("use_gpu", False))
+    if use_gpu and not (paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0):
+        logger.info("use_gpu is set but Paddle has no GPU here: running on CPU")
+        use_gpu = False
+    cfg["use_gpu"] = use_gpu
+    device = "gpu" if use_gpu else "cpu"
+    paddle.set_device(device)
+    if not use_gpu:
+        count = threads or len(os.sched_getaffinity(0))
+        paddle.base.core.set_num_threads(count)
+    if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
+        from ppdet.engine.env import init_parallel_env
+
+        init_parallel_env()
+    if seed is not None:
+        from ppdet.engine.env import set_random_seed
+
+        set_random_seed(seed)
+    return device
+
+
+def default_output_dir(cfg, kind: str) -> str:
+    """``<save_dir>/<config name>`` for training, ``.../<kind>`` for the other tasks."""
+    base = os.path.join(cfg.get("save_dir", "output"), cfg.get("filename", "model"))
+    return base if kind == "train" else os.path.join(base, kind)
+
+
+def train(
+    config: str,
+    *,
+    overrides: dict | None = None,
+    output_dir: str | None = None,
+    validate: bool = False,
+    resume: str | None = None,
+    use_vdl: bool = False,
+    progress: bool = False,
+    seed: int | None = None,
+    threads: int | None = None,
+) -> GHMTrainer:
+    """Train the model of ``config``; checkpoints, ``train.log`` and ``vdl/`` in ``output_dir``.
+
+    Args:
+        resume: a checkpoint path without suffix (``output/x/3``) to continue from.
+        validate: evaluate on EvalDataset after every snapshot epoch (keeps ``best_model``).
+        seed: seeds Paddle (weight init), NumPy and Python before the model is built, and the
+            data order and augmentation of every epoch (default 0 for the data; a resumed run
+            takes the data seed from the checkpoint's ``.meta.json``).
+    """
+    cfg = load_config(config, overrides)
+    cfg["use_vdl"] = bool(use_vdl)
+    output_dir = output_dir or default_output_dir(cfg, "train")
+    setup_runtime(cfg, threads, seed)
+    with log_to_file(os.path.join(output_dir, "train.log")):
+        logger.info("train %s (overrides %s) -> %s", config, overrides or {}, output_dir)
+        trainer = GHMTrainer(
+            cfg,
+            "train",
+            output_dir=output_dir,
+            progress=progress,
+            data_seed=0 if seed is None else seed,
+        )
+        if resume:
+            trainer.resume_weights(resume)
+        elif cfg.get("pretrain_weights"):
+            trainer.load_weights(cfg.pretrain_weights)
+        trainer.train(validate=validate)
+    return trainer
+
+
+def _weights_of(cfg, weights: str | None) -> str:
+    weights = weights or cfg.get("weights")
+    if not weights:
+        raise ValueError("no weights: pass --weights PATH or -o weights=PATH")
+    return weights
+
+
+def evaluate(
+    config: str,
+    *,
+    weights: str | None = None,
+    overrides: dict | None = None,
+    output_dir: str | None = None,
+    progress: bool = False,
+    threads: int | None = None,
+) -> CocoBoxResults:
+    """COCO-evaluate ``weights`` on the config's EvalDataset.
+
+    Writes ``bbox.json`` (the detections, COCO results format) and ``metrics.json`` (the 12
+    COCO numbers and per-class AP) to ``output_dir``; returns the results.
+    """
+    cfg = load_config(config, overrides)
+    weights = _weights_of(cfg, weights)
+    output_dir = output_dir or default_output_dir(cfg, "eval")
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    cfg["save_prediction_only"] = True  # ppdet writes bbox.json; we evaluate it below
+    cfg["output_eval"] = output_dir
+    setup_runtime(cfg, threads)
+    with log_to_file(os.path.join(output_dir, "eval.log")):
+        trainer = GHMTrainer(cfg, "eval", output_dir=output_dir, progress=progress)
+        load_model_weights(trainer.model, weights)
+        trainer.evaluate()
+        dets_path = os.path.join(output_dir, "bbox.json")
+        if not os.path.isfile(dets_path):  # ppdet writes nothing without detections
+            with open(dets_path, "w") as f:
+                json.dump([], f)
+        results = evaluate_detections(dets_path, trainer.dataset.get_anno())
+        with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+            json.dump(
+                {
+                    "weights": weights,
+                    "ground_truth": trainer.dataset.get_anno(),
+                    **results.to_dict(),
+                },
+                f,
+                indent=1,
+            )
+        logger.info("bbox AP %.4f (detections %s)", results.stats["AP"], dets_path)
+    return results
+
+
+def find_images(path: str | os.PathLike) -> list[str]:
+    """``path`` itself if it is a file, else the images directly in the folder, sorted."""
+    path = Path(path)
+    if path.is_file():
+        return [str(path)]
+    if not path.is_dir():
+        raise FileNotFoundError(f"no image or folder at {path}")
+    images = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not images:
+        raise FileNotFoundError(f"no {'/'.join(IMAGE_EXTENSIONS)} images in {path}")
+    return images
+
+
+def _write_detections(
+    per_image, class_names, category_ids, output_dir, draw_threshold, draw
+) -> list[dict]:
+    """per_image: [(path, dets [M, 6])] -> detections list; draws and saves images if ``draw``.
+    ``category_ids[i]`` is the dataset category id of class index i."""
+    from PIL import Image
+
+    records = []
+    for image_id, (path, dets) in enumerate(per_image):
+        image_records = []
+        for cls, score, x1, y1, x2, y2 in np.asarray(dets, dtype=np.float64).reshape(-1, 6):
+            index = int(cls)
+            image_records.append(
+                {
+                    "file_name": os.path.basename(path),
+                    "image_id": image_id,
+                    "category_id": int(category_ids[index]),
+                    "category_name": str(class_names[index]),
+                    "class_index": index,
+                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                    "score": round(float(score), 5),
+                }
+            )
+        records += image_records
+        if draw:
+            with Image.open(path) as im:
+                drawn = draw_detections(im, image_records, draw_threshold)
+            drawn.save(os.path.join(output_dir, os.path.basename(path)))
+    with open(os.path.join(output_dir, "detections.json"), "w") as f:
+        json.dump(records, f, indent=1)
+    return records
+
+
+def infer(
+    config: str,
+    images: list[str],
+    *,
+    weights: str | None = None,
+    overrides: dict | None = None,
+    output_dir: str | None = None,
+    draw_threshold: float = 0.5,
+    draw: bool = True,
+    threads: int | None = None,
+) -> list[dict]:
+    """Detect objects in ``images`` with the dygraph model; writes the images with boxes, class
+    names and scores drawn (score >= ``draw_threshold``) and ``detections.json`` to
+    ``output_dir``. Returns the detections (see the module docstring)."""
+    cfg = load_config(config, overrides)
+    weights = _weights_of(cfg, weights)
+    output_dir = output_dir or default_output_dir(cfg, "infer")
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    setup_runtime(cfg, threads)
+    trainer = GHMTrainer(cfg, "test", output_dir=output_dir)
+    load_model_weights(trainer.model, weights)
+    from ppdet.data.source.category import get_categories
+
+    clsid2catid, catid2name = get_categories(cfg.metric, anno_file=trainer.dataset.get_anno())
+    category_ids = [clsid2catid[i] for i in range(len(clsid2catid))]
+    class_names = [str(catid2name[c]) for c in category_ids]
+    results = trainer.predict(images, output_dir=output_dir, save_results=False, visualize=False)
+    imid2path = trainer.dataset.get_imid2path()
+    per_image = []
+    for outs in results:
+        start = 0
+        for i, im_id in enumerate(np.asarray(outs["im_id"]).reshape(-1)):
+            count = int(np.asarray(outs["bbox_num"]).reshape(-1)[i])
+            dets = np.asarray(outs["bbox"])[start : start + count].reshape(-1, 6)
+            per_image.append((imid2path[int(im_id)], dets[dets[:, 0] >= 0]))
+            start += count
+    return _write_detections(per_image, class_names, category_ids, output_dir, draw_threshold, draw)
+
+
+def export(
+    config: str,
+    *,
+    weights: str | None = None,
+    overrides: dict | None = None,
+    output_dir: str | None = None,
+) -> str:
+    """Export the model as a Paddle inference model into ``output_dir`` (``model.json`` or
+    ``.pdmodel``, ``model.pdiparams``, ``infer_cfg.yml``); returns ``output_dir``.
+
+    ``infer_cfg.yml`` is ppdet's, plus ``category_ids`` (the dataset category id of each entry
+    of ``label_list``), which the predictor puts in its detections JSON."""
+    cfg = load_config(config, overrides)
+    weights = _weights_of(cfg, weights)
+    output_dir = os.path.normpath(output_dir or default_output_dir(cfg, "export"))
+    setup_runtime(cfg)
+    trainer = GHMTrainer(cfg, "test", output_dir=output_dir)
+    load_model_weights(trainer.model, weights)
+    # ppdet writes into <dir>/<cfg.filename>: point both at output_dir
+    trainer.cfg["filename"] = os.path.basename(output_dir)
+    trainer.export(os.path.dirname(output_dir) or ".")
+    from ppdet.data.source.category import get_categories
+
+    clsid2catid, _ = get_categories(cfg.metric, anno_file=trainer.dataset.get_anno())
+    cfg_path = os.path.join(output_dir, "infer_cfg.yml")
+    with open(cfg_path) as f:
+        infer_cfg = yaml.safe_load(f)
+    infer_cfg["category_ids"] = [int(clsid2catid[i]) for i in range(len(clsid2catid))]
+    with open(cfg_path, "w") as f:
+        yaml.safe_dump(infer_cfg, f, sort_keys=False)
+    logger.info("exported %s (weights %s) to %s", config, weights, output_dir)
+    return output_dir
+
+
+def predict_exported(
+    model_dir: str,
+    images: list[str],
+    *,
+    output_dir: str,
+    draw_threshold: float = 0.5,
+    draw: bool = True,
+    threads: int | None = None,
+    use_gpu: bool = False,
+) -> list[dict]:
+    """:func:`infer` with an exported model and the Python predictor (oneDNN off, see
+    :mod:`ppdet_ghm.engine.predictor`)."""
+    from ppdet_ghm.engine.predictor import ExportedDetector
+
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    detector = ExportedDetector(model_dir, threads=threads, use_gpu=use_gpu)
+    per_image = [(path, detector.predict(path)) for path in images]
+    return _write_detections(
+        per_image, detector.label_list, detector.category_ids, output_dir, draw_threshold, draw
+    )

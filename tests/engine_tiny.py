@@ -1,0 +1,71 @@
+"""A tiny variant of configs/demo.yml and a tiny shapes set, for the engine tests (not a test file).
+
+The config is written next to the data: it takes ``configs/demo.yml`` as its base (so the shipped
+config is what gets exercised) and shrinks images (64 px), widths and the schedule.
+"""
+
+from pathlib import Path
+
+from ppdet_ghm.data.demo_data import DemoDataSpec, generate
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_SPEC = DemoDataSpec(
+    seed=5, num_train=4, num_val=2, image_size=64, min_size=8, max_size=32, empty_ratio=0.0
+)
+
+_NORMALIZE = "{is_scale: false, mean: [123.675, 116.28, 103.53], std: [58.395, 57.12, 57.375]}"
+
+TINY_CONFIG = f"""
+_BASE_: ['{REPO / "configs" / "demo.yml"}']
+epoch: 2
+snapshot_epoch: 1
+log_iter: 1
+TrainReader:
+  sample_transforms:
+    - Decode: {{}}
+    - RandomFlip: {{prob: 0.5}}
+    - Resize: {{target_size: [64, 64], keep_ratio: true, interp: 1}}
+    - NormalizeImage: {_NORMALIZE}
+    - Permute: {{}}
+  batch_size: 2
+EvalReader:
+  sample_transforms:
+    - Decode: {{}}
+    - Resize: {{target_size: [64, 64], keep_ratio: true, interp: 1}}
+    - NormalizeImage: {_NORMALIZE}
+    - Permute: {{}}
+  batch_size: 2
+TestReader:
+  sample_transforms:
+    - Decode: {{}}
+    - Resize: {{target_size: [64, 64], keep_ratio: true, interp: 1}}
+    - NormalizeImage: {_NORMALIZE}
+    - Permute: {{}}
+LearningRate:
+  base_lr: 0.01
+  schedulers:
+    - !PiecewiseDecay {{gamma: 0.1, milestones: [1]}}
+    - !LinearWarmup {{start_factor: 0.1, steps: 3}}
+CSPDarkNet:
+  width_mult: 0.125
+RetinaFPN:
+  out_channel: 16
+GHMRetinaHead:
+  feat_channels: 16
+  stacked_convs: 1
+"""
+
+
+def make_tiny(root: Path) -> tuple[str, dict]:
+    """Write the tiny data set and config under ``root``; returns (config path, overrides)."""
+    data = root / "data"
+    generate(TINY_SPEC, data)
+    config = root / "tiny.yml"
+    config.write_text(TINY_CONFIG)
+    overrides = {
+        "TrainDataset.dataset_dir": str(data),
+        "EvalDataset.dataset_dir": str(data),
+        "TestDataset.dataset_dir": str(data),
+    }
+    return str(config), overrides
