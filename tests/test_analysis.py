@@ -383,11 +383,11 @@ TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs/retinanet_ghm_r18_f
 
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
-    """A 3-image generated shapes set and overrides pointing the shipped tiny config at it."""
+    """A 4-image generated shapes set and overrides pointing the shipped tiny config at it."""
     from ppdet_ghm.data import DemoDataSpec, generate
 
     root = tmp_path_factory.mktemp("tiny")
-    spec = DemoDataSpec(num_train=2, num_val=1, image_size=96, min_size=8, max_size=48,
+    spec = DemoDataSpec(num_train=2, num_val=2, image_size=96, min_size=8, max_size=48,
                         empty_ratio=0.0)  # fmt: skip
     generate(spec, root / "data")
     overrides = {
@@ -460,6 +460,7 @@ def test_plot_gradients_end_to_end(tiny_setup, tmp_path):
     opts = [f"{k}={'null' if v is None else v}" for k, v in overrides.items()]
     args = PG.add_arguments(argparse.ArgumentParser()).parse_args(
         ["-c", str(TINY_CONFIG), "-o", *opts, "--images", "2", "--out", str(tmp_path / "out")]
+        + ["--split", "val"]
     )
     paths = PG.run(args)
     data = json.loads(paths["json"].read_text())

@@ -44,6 +44,7 @@ __all__ = [
     "write_outputs",
 ]
 
+GT_FIELDS = ("gt_bbox", "gt_class", "is_crowd")
 FIGURES = {
     "cls_distribution": "cls_gradient_norm.png",
     "cls_reweighting": "cls_reweighting.png",
@@ -273,12 +274,9 @@ def build_loader(cfg, split: str, batch_size: int):
     from ppdet.core.workspace import create
 
     dataset = cfg["TrainDataset" if split == "train" else "EvalDataset"]
-    if split == "train":
-        # the train set read with eval transforms still needs its annotations
-        dataset.data_fields = list(
-            dict.fromkeys(list(getattr(dataset, "data_fields", [])) + ["image", "gt_bbox",
-                                                                       "gt_class", "is_crowd"])
-        )  # fmt: skip
+    # the annotations are needed for the targets; eval data sets usually load images only
+    fields = list(getattr(dataset, "data_fields", ["image"]))
+    dataset.data_fields = fields + [f for f in GT_FIELDS if f not in fields]
     reader_cfg = cfg["EvalReader"]
     reader_cfg["batch_size"] = batch_size
     reader_cfg["collate_batch"] = False  # per-image gt lists (split_targets)

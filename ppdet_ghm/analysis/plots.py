@@ -201,7 +201,9 @@ def plot_reg(summary: dict, path: str | Path, subtitle: str = "") -> Path:
     ax0.set_xlim(0.0, 1.0)
     ax0.set_xlabel(f"ASL1 gradient norm  gr = |d| / √(d² + μ²),  μ={mu:g}")
     ax0.set_ylabel("fraction of coordinates (log scale)")
-    ax0.set_title(f"Distribution ({int(summary['num_coords'])} coordinates)", fontsize=10)
+    ax0.set_title(
+        f"Distribution ({int(summary['num_coords']):,} positive coordinates)", fontsize=10
+    )
     ax0.grid(True, which="major", alpha=0.3)
     ax0.legend(fontsize=8, loc="upper left")
 
