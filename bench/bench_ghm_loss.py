@@ -69,14 +69,16 @@ def ghmr_inputs(rng, num=2000):
 
 
 def median_ms(step, repeats, warmup=1):
+    """Medians of (wall, process CPU) time of ``step()`` in ms, after ``warmup`` calls."""
     for _ in range(warmup):
         step()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
         step()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        wall.append(time.perf_counter() - start_wall)
+        cpu.append(time.process_time() - start_cpu)
+    return 1e3 * statistics.median(wall), 1e3 * statistics.median(cpu)
 
 
 # --- contenders: each returns a step() running forward + backward over a list of inputs ---------
@@ -154,6 +156,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-mmdet", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="multiply every anchor count (a quick check: 0.05)"
+    )
     args = parser.parse_args(argv)
     _set_threads_env(args.threads)
 
@@ -174,13 +179,15 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     rng = np.random.default_rng(args.seed)
-    levels = retina_level_sizes()
-    ghmc_cases = [("GHM-C [120000 x 80]", [ghmc_inputs(rng, 120000)])]
+    levels = [max(1, round(n * args.scale)) for n in retina_level_sizes()]
+    flat = max(1, round(120000 * args.scale))
+    ghmc_cases = [(f"GHM-C [{flat} x 80]", [ghmc_inputs(rng, flat)])]
     level_batches = [ghmc_inputs(rng, n) for n in levels]
     for name, n, batch in zip(("P3", "P4", "P5", "P6", "P7"), levels, level_batches, strict=True):
         ghmc_cases.append((f"GHM-C {name} [{n} x 80]", [batch]))
     ghmc_cases.append(("GHM-C P3-P7, one iteration (5 calls)", level_batches))
-    ghmr_cases = [("GHM-R [2000 x 4]", [ghmr_inputs(rng)])]
+    boxes = max(1, round(2000 * args.scale))
+    ghmr_cases = [(f"GHM-R [{boxes} x 4]", [ghmr_inputs(rng, boxes)])]
 
     rows = []
     for case, batches in ghmc_cases:
@@ -228,8 +235,11 @@ def main(argv=None):
         f"forward+backward, median of {args.repeats} (ours, plain) / {args.loop_repeats} "
         f"(loop, mmdet) repeats after 1 warm-up, ms; {args.threads} threads"
     )
-    print()
-    print(_table(rows))
+    for title, which in (("wall time", 0), ("process CPU time (all threads)", 1)):
+        print()
+        print(f"{title}:")
+        print()
+        print(_table(rows, which))
     print()
     print(_machine_line(mmdet_losses is not None))
 
@@ -243,27 +253,29 @@ def _ratio(a, b):
 
 
 def _format_row(row):
-    return " | ".join(
-        f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-    )
+    cells = [row["case"]]
+    cells += [f"{k}={v[0]:.1f}/{v[1]:.1f}" for k, v in row.items() if k != "case"]
+    return " | ".join(cells) + "  (wall/cpu ms)"
 
 
-def _table(rows):
+def _table(rows, which):
+    """Markdown table of the wall (which=0) or CPU (which=1) times."""
     head = (
         "| case | ours | per-bin loop (Paddle) | mmdet GHMC/GHMR (torch) | plain BCE / SmoothL1 "
         "(Paddle) | mmdet / ours | ours / plain |"
     )
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        mmdet = row.get("mmdet")
+        ours, loop, plain = row["ours"][which], row["loop"][which], row["plain"][which]
+        mmdet = row["mmdet"][which] if "mmdet" in row else None
         cells = [
             row["case"],
-            _cell(row["ours"]),
-            _cell(row["loop"]),
+            _cell(ours),
+            _cell(loop),
             _cell(mmdet),
-            _cell(row["plain"]),
-            _ratio(mmdet, row["ours"]),
-            _ratio(row["ours"], row["plain"]),
+            _cell(plain),
+            _ratio(mmdet, ours),
+            _ratio(ours, plain),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

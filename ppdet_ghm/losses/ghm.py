@@ -284,6 +284,10 @@ def _check_momentum(momentum):
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
 
 
+def _as_dtype(tensor, dtype):
+    return tensor if tensor.dtype == dtype else tensor.astype(dtype)
+
+
 def _check_label_weight(label_weight, pred):
     if label_weight.ndim == 1 or (
         label_weight.ndim == 2 and label_weight.shape[-1] == pred.shape[-1]
@@ -358,7 +362,7 @@ def ghmc_loss(
                     f"float targets must be [N, C] like pred {pred.shape}, got {target.shape}"
                 )
             positives = None
-            binary = target.astype(pred.dtype).flatten()
+            binary = _as_dtype(target, pred.dtype).flatten()
             grad_dir = F.sigmoid(logits) - binary
             grad_scale = 1.0
             idx, _, _ = _bin_index_(grad_dir.abs(), edges)
@@ -419,7 +423,7 @@ def ghmr_loss(
     if pred.ndim != 2 or tuple(target.shape) != tuple(pred.shape):
         raise ValueError(f"pred and target must be [N, K] alike, got {pred.shape}, {target.shape}")
     _check_label_weight(label_weight, pred)
-    diff = pred - target.astype(pred.dtype)
+    diff = pred - _as_dtype(target, pred.dtype)
     root = paddle.sqrt(diff * diff + mu * mu)
     elem_loss = root - mu
     with paddle.no_grad():
