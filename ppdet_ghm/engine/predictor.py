@@ -78,6 +78,7 @@ class ExportedDetector:
                 self._ops.append(getattr(operators, kind)(**step))
 
         config = compat.inference_config(model_dir)  # oneDNN off, see the module docstring
+        config.disable_glog_info()
         if use_gpu:
             config.enable_use_gpu(256, 0)
         else:

@@ -1,0 +1,185 @@
+"""The ``ppdet-ghm`` command line: argument parsing, overrides, sub-commands end to end (tiny)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from engine_tiny import REPO, make_tiny
+
+from ppdet_ghm import cli
+
+
+def test_overrides_are_yaml_values_with_dotted_keys_and_ppdet_tags():
+    from ppdet.optimizer.optimizer import PiecewiseDecay
+
+    got = cli.parse_overrides(
+        [
+            "epoch=3",
+            "TrainReader.batch_size=4",
+            "weights=output/x/model_final",
+            "LearningRate.base_lr=1e-3",
+            "use_gpu=false",
+            "GHMRetinaHead.anchor_generator.ratios=[0.5, 1.0]",
+            "LearningRate.schedulers=[!PiecewiseDecay {milestones: [2]}]",
+        ]
+    )
+    assert got["epoch"] == 3 and got["TrainReader.batch_size"] == 4
+    assert got["weights"] == "output/x/model_final"
+    assert got["LearningRate.base_lr"] == pytest.approx(1e-3) and got["use_gpu"] is False
+    assert got["GHMRetinaHead.anchor_generator.ratios"] == [0.5, 1.0]
+    (sched,) = got["LearningRate.schedulers"]
+    assert isinstance(sched, PiecewiseDecay) and sched.milestones == [2]
+
+
+@pytest.mark.parametrize("item", ["epoch", "=3", ""])
+def test_malformed_overrides_raise(item):
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        cli.parse_overrides([item])
+
+
+def test_parser_knows_the_subcommands_and_ppdet_flags():
+    parser = cli.build_parser()
+    args = parser.parse_args(
+        [
+            "train",
+            "-c",
+            "a.yml",
+            "-o",
+            "epoch=1",
+            "x=2",
+            "-o",
+            "y=3",
+            "--eval",
+            "-r",
+            "out/3",
+            "--use_vdl",
+            "--output_dir",
+            "out",
+        ]
+    )
+    assert (args.command, args.config, args.opt) == ("train", "a.yml", ["epoch=1", "x=2", "y=3"])
+    assert args.eval and args.resume == "out/3" and args.use_vdl and args.output_dir == "out"
+    args = parser.parse_args(["infer", "--model_dir", "m", "--infer_img", "a.jpg"])
+    assert args.model_dir == "m" and args.infer_img == "a.jpg" and args.draw_threshold == 0.5
+    args = parser.parse_args(["convert", "a.pth", "b.pdparams", "--backbone-only"])
+    assert args.args == ["a.pth", "b.pdparams", "--backbone-only"]
+    for command in ("eval", "export", "make-demo-data", "demo"):
+        assert parser.parse_args([command] + (["-c", "a.yml"] if command == "export" else []))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["infer", "--model_dir", "m"])  # an image or a folder is required
+
+
+def test_convert_delegates_to_the_converter(tmp_path, capsys):
+    missing = tmp_path / "missing.pth"
+    status = cli.main(["convert", str(missing), str(tmp_path / "out.pdparams")])
+    assert status == 1
+    assert "missing.pth" in capsys.readouterr().err
+    assert not (tmp_path / "out.pdparams").exists()
+
+
+def test_make_demo_data(tmp_path, capsys):
+    out = tmp_path / "d"
+    status = cli.main(
+        [
+            "make-demo-data",
+            "--out",
+            str(out),
+            "--num-train",
+            "3",
+            "--num-val",
+            "2",
+            "--image-size",
+            "64",
+            "--max-size",
+            "32",
+            "--seed",
+            "7",
+        ]
+    )
+    assert status == 0
+    assert sorted(os.listdir(out / "train")) == ["000000.jpg", "000001.jpg", "000002.jpg"]
+    coco = json.loads((out / "annotations" / "instances_val.json").read_text())
+    assert len(coco["images"]) == 2 and coco["info"]["spec"]["seed"] == 7
+    assert "train: 3 images" in capsys.readouterr().out
+
+
+def test_train_eval_infer_export_through_the_cli(tmp_path, capsys):
+    config, overrides = make_tiny(tmp_path)
+    opts = [f"{k}={v}" for k, v in overrides.items()]
+    train_dir = tmp_path / "train"
+    status = cli.main(
+        [
+            "train",
+            "-c",
+            config,
+            "-o",
+            *opts,
+            "epoch=1",
+            "--output_dir",
+            str(train_dir),
+            "--use_vdl",
+            "--threads",
+            "1",
+            "--seed",
+            "0",
+        ]
+    )
+    assert status == 0
+    assert (train_dir / "model_final.pdparams").is_file()
+    log = (train_dir / "train.log").read_text()
+    assert "Epoch: [0] [0/2]" in log and "Epoch: [0] [1/2]" in log
+    vdl_files = os.listdir(train_dir / "vdl")
+    assert any(name.startswith("vdlrecords") for name in vdl_files)
+
+    weights = str(train_dir / "model_final")
+    eval_dir = tmp_path / "eval"
+    status = cli.main(
+        ["eval", "-c", config, "-o", *opts, "--weights", weights, "--output_dir", str(eval_dir)]
+    )
+    assert status == 0
+    assert (eval_dir / "bbox.json").is_file() and (eval_dir / "metrics.json").is_file()
+    printed = capsys.readouterr().out
+    assert "per-class AP" in printed and "triangle" in printed
+
+    infer_dir = tmp_path / "infer"
+    status = cli.main(
+        [
+            "infer",
+            "-c",
+            config,
+            "-o",
+            *opts,
+            "--weights",
+            weights,
+            "--infer_img",
+            str(tmp_path / "data" / "val" / "000001.jpg"),
+            "--output_dir",
+            str(infer_dir),
+        ]
+    )
+    assert status == 0
+    assert (infer_dir / "000001.jpg").is_file()
+    assert isinstance(json.loads((infer_dir / "detections.json").read_text()), list)
+
+
+def test_missing_weights_is_an_error_not_a_traceback(tmp_path, capsys):
+    config, overrides = make_tiny(tmp_path)
+    opts = [f"{k}={v}" for k, v in overrides.items()]
+    status = cli.main(["eval", "-c", config, "-o", *opts, "--weights", str(tmp_path / "nope")])
+    assert status == 1
+    assert "weights file not found" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run(
+        [sys.executable, "-m", "ppdet_ghm", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0
+    for command in ("train", "eval", "infer", "export", "convert", "make-demo-data", "demo"):
+        assert command in result.stdout
