@@ -100,28 +100,35 @@ def main(argv=None):
 
     export_dir = args.export_dir or tempfile.mkdtemp(prefix="ppdet_ghm_bench_export_")
     os.makedirs(export_dir, exist_ok=True)
-    results = {}
+    plan = _measurements(args)
+    rounds = {}
     try:
-        for key, side, mode in _measurements(args):
-            worker_args = ["--side", side, "--mode", mode, "--export-dir", export_dir]
-            worker_args += ["--seed", args.seed, "--warmup", args.warmup, "--repeats", args.repeats]
-            if mode != "export":
-                worker_args += ["--case", key]
-            print(
-                f"[{SCRIPT}] {key} / {side} {mode} (load {common.load_average()}) ...",
-                file=sys.stderr,
-            )
-            res = common.run_worker(SCRIPT, worker_args, args.threads)
-            results[(key, f"{side}-{mode}")] = res
-            summary = res.get("error") or (
-                f"median {res['median_s'] * 1000:.0f} ms"
-                if "median_s" in res
-                else f"export {res['export_s']:.1f} s"
-            )
-            print(f"[{SCRIPT}] {key} / {side} {mode}: {summary}", file=sys.stderr)
+        for round_index in range(args.rounds):
+            for key, side, mode in plan:
+                if mode == "export" and round_index > 0:
+                    continue
+                worker_args = ["--side", side, "--mode", mode, "--export-dir", export_dir]
+                worker_args += ["--seed", args.seed, "--warmup", args.warmup]
+                worker_args += ["--repeats", args.repeats]
+                if mode != "export":
+                    worker_args += ["--case", key]
+                load = common.load_average()
+                tag = f"[{SCRIPT}] {key} / {side} {mode} round {round_index + 1}/{args.rounds}"
+                print(f"{tag} (load {load}) ...", file=sys.stderr)
+                res = common.run_worker(SCRIPT, worker_args, args.threads)
+                res["load_before"] = load
+                rounds.setdefault((key, f"{side}-{mode}"), []).append(res)
+                if "error" in res:
+                    summary = res["error"]
+                elif "median_s" in res:
+                    summary = f"median {res['median_s'] * 1000:.0f} ms"
+                else:
+                    summary = f"export {res['export_s']:.1f} s"
+                print(f"{tag}: {summary}", file=sys.stderr)
     finally:
         if args.export_dir is None:
             shutil.rmtree(export_dir, ignore_errors=True)
+    results = {key: common.merge_rounds(res) for key, res in rounds.items()}
 
     header = [
         "case",
@@ -130,6 +137,7 @@ def main(argv=None):
         "dygraph ours/ref",
         "ours predictor ms",
         "predictor ours/ref",
+        "CPU ms mmdet / dygraph / predictor",
         "peak RSS MiB mmdet / dygraph / predictor",
         "detections mmdet / dygraph / predictor",
     ]
@@ -146,6 +154,7 @@ def main(argv=None):
                 common.fmt_ratio(dyg.get("median_s"), ref.get("median_s")),
                 common.fmt_ms(pred.get("median_s")),
                 common.fmt_ratio(pred.get("median_s"), ref.get("median_s")),
+                " / ".join(common.fmt_ms(r.get("median_cpu_s")) for r in (ref, dyg, pred)),
                 " / ".join(common.fmt_mib(r.get("peak_rss_mib")) for r in (ref, dyg, pred)),
                 " / ".join(str(r.get("detections", "-")) for r in (ref, dyg, pred)),
             ]

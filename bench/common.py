@@ -95,13 +95,20 @@ def process_peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _cpu_seconds():
+    """User + system CPU time of this process (all its threads) so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(fn, warmup: int, repeats: int, after_warmup=None):
     """Call ``fn()`` ``warmup`` times untimed, then ``repeats`` times timed.
 
     ``after_warmup()``, when given, runs between the two (e.g. to reset a :class:`SectionTimer`).
 
     Returns:
-        dict with ``times_s`` (each timed call, seconds), ``median_s``, ``min_s``, ``max_s``,
+        dict with ``times_s`` (each timed call, seconds), ``cpu_times_s`` (the process's CPU time
+        in each, all threads), ``median_s``, ``median_cpu_s``, ``min_s``, ``max_s``,
         ``base_rss_mib`` (resident set after the warm-up), ``phase_peak_rss_mib`` (peak during the
         warm-up and timed calls; None where the peak cannot be reset) and ``peak_rss_mib``
         (the process's peak since start).
@@ -114,14 +121,18 @@ def measure(fn, warmup: int, repeats: int, after_warmup=None):
     if after_warmup is not None:
         after_warmup()
     base = rss_mib()
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
+        cpu_start = _cpu_seconds()
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+        cpu_times.append(_cpu_seconds() - cpu_start)
     return {
         "times_s": times,
+        "cpu_times_s": cpu_times,
         "median_s": statistics.median(times),
+        "median_cpu_s": statistics.median(cpu_times),
         "min_s": min(times),
         "max_s": max(times),
         "base_rss_mib": base,
@@ -201,6 +212,12 @@ def base_parser(description: str):
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="untimed calls first")
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="timed calls")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="fresh workers per side, alternating sides (times pooled): for a loaded machine",
+    )
+    parser.add_argument(
         "--sides",
         nargs="+",
         choices=SIDES,
@@ -266,7 +283,7 @@ def markdown_table(header, rows):
 
 
 def comparison_rows(results: dict, cases, extra=None):
-    """Rows ``case | ref median | ours median | ratio | ref peak RSS | ours peak RSS | ratio``.
+    """Rows of :data:`COMPARISON_HEADER`: wall and CPU medians, peak RSS, each with ours / ref.
 
     ``results[(case, side)]`` is a worker's result dict; ``extra(case, ref, ours)`` may return more
     cells for the row.
@@ -275,15 +292,13 @@ def comparison_rows(results: dict, cases, extra=None):
     for case in cases:
         ref = results.get((case, "torch"), {})
         ours = results.get((case, "paddle"), {})
-        row = [
-            case,
-            fmt_ms(ref.get("median_s")),
-            fmt_ms(ours.get("median_s")),
-            fmt_ratio(ours.get("median_s"), ref.get("median_s")),
-            fmt_mib(ref.get("peak_rss_mib")),
-            fmt_mib(ours.get("peak_rss_mib")),
-            fmt_ratio(ours.get("peak_rss_mib"), ref.get("peak_rss_mib")),
-        ]
+        row = [case]
+        for key, fmt in (
+            ("median_s", fmt_ms),
+            ("median_cpu_s", fmt_ms),
+            ("peak_rss_mib", fmt_mib),
+        ):
+            row += [fmt(ref.get(key)), fmt(ours.get(key)), fmt_ratio(ours.get(key), ref.get(key))]
         if extra is not None:
             row += extra(case, ref, ours)
         rows.append(row)
@@ -294,7 +309,10 @@ COMPARISON_HEADER = [
     "case",
     "mmdet ms",
     "ours ms",
-    "time ours/ref",
+    "ours/ref",
+    "mmdet CPU ms",
+    "ours CPU ms",
+    "CPU ours/ref",
     "mmdet peak RSS MiB",
     "ours peak RSS MiB",
     "RSS ours/ref",
@@ -315,39 +333,82 @@ def write_json(path: str, payload):
         json.dump(payload, f, indent=1)
 
 
-def drive(script: str, args, cases, extra_worker_args=()):
-    """Run one worker per (case, side), cases outermost; returns ``{(case, side): result}``.
+def merge_rounds(rounds):
+    """One result from the results of several rounds of the same measurement.
 
-    Progress goes to stderr; each worker gets ``--side``, ``--case``, the timing arguments and
+    Times of all rounds are pooled (median over all of them), RSS values take their maximum;
+    other keys come from the last round. A failed round makes the merged result the error.
+    """
+    for res in rounds:
+        if "error" in res:
+            return res
+    merged = dict(rounds[-1])
+    if "times_s" in merged:
+        times = [t for res in rounds for t in res["times_s"]]
+        cpu = [t for res in rounds for t in res.get("cpu_times_s", [])]
+        merged.update(
+            times_s=times,
+            cpu_times_s=cpu,
+            median_s=statistics.median(times),
+            median_cpu_s=statistics.median(cpu) if cpu else None,
+            min_s=min(times),
+            max_s=max(times),
+            rounds=len(rounds),
+        )
+    for key in ("peak_rss_mib", "phase_peak_rss_mib", "base_rss_mib"):
+        values = [res[key] for res in rounds if res.get(key) is not None]
+        if values:
+            merged[key] = max(values)
+    for key in ("ghm_forward_s", "nms_s"):
+        values = [res[key] for res in rounds if res.get(key) is not None]
+        if values:
+            merged[key] = statistics.median(values)
+    return merged
+
+
+def drive(script: str, args, cases, extra_worker_args=()):
+    """Run one worker per (case, side) and round; returns ``{(case, side): merged result}``.
+
+    Cases are outermost; within a case the sides alternate round after round (torch, paddle,
+    torch, paddle, ...), so that on a shared machine both see the same background load. Progress
+    goes to stderr; each worker gets ``--side``, ``--case``, the timing arguments and
     ``extra_worker_args``.
     """
     results = {}
     for case in cases:
-        for side in args.sides:
-            worker_args = ["--side", side, "--case", case, "--warmup", args.warmup]
-            worker_args += ["--repeats", args.repeats, *extra_worker_args]
-            if args.seed is not None:
-                worker_args += ["--seed", args.seed]
-            print(f"[{script}] {case} / {side} (load {load_average()}) ...", file=sys.stderr)
-            res = run_worker(script, worker_args, args.threads)
-            res.setdefault("load_before", load_average())
-            results[(case, side)] = res
-            if "error" in res:
-                print(f"[{script}] {case} / {side} FAILED: {res['error']}", file=sys.stderr)
-            else:
-                print(
-                    f"[{script}] {case} / {side}: median {res['median_s'] * 1000:.0f} ms, "
-                    f"peak RSS {res['peak_rss_mib']:.0f} MiB",
-                    file=sys.stderr,
-                )
+        per_side = {side: [] for side in args.sides}
+        for round_index in range(args.rounds):
+            for side in args.sides:
+                worker_args = ["--side", side, "--case", case, "--warmup", args.warmup]
+                worker_args += ["--repeats", args.repeats, *extra_worker_args]
+                if args.seed is not None:
+                    worker_args += ["--seed", args.seed]
+                load = load_average()
+                tag = f"[{script}] {case} / {side} round {round_index + 1}/{args.rounds}"
+                print(f"{tag} (load {load}) ...", file=sys.stderr)
+                res = run_worker(script, worker_args, args.threads)
+                res["load_before"] = load
+                per_side[side].append(res)
+                if "error" in res:
+                    print(f"{tag} FAILED: {res['error']}", file=sys.stderr)
+                else:
+                    print(
+                        f"{tag}: median {res['median_s'] * 1000:.0f} ms "
+                        f"(CPU {res['median_cpu_s'] * 1000:.0f} ms), "
+                        f"peak RSS {res['peak_rss_mib']:.0f} MiB",
+                        file=sys.stderr,
+                    )
+        for side, rounds in per_side.items():
+            results[(case, side)] = merge_rounds(rounds)
+            results[(case, side)]["round_results"] = rounds
     return results
 
 
 def finish(script: str, args, header, rows, results, notes=()):
     """Print the table (with machine, threads, load) and write ``--json`` when asked."""
     print(
-        f"\n{script}: {args.threads} threads both sides, {args.warmup} warm-up + "
-        f"{args.repeats} timed calls, median"
+        f"\n{script}: {args.threads} threads both sides, {args.rounds} round(s) of "
+        f"{args.warmup} warm-up + {args.repeats} timed calls per side, median"
     )
     print(machine_info())
     print(f"load average at the end: {load_average()}\n")
@@ -362,6 +423,7 @@ def finish(script: str, args, header, rows, results, notes=()):
                 "threads": args.threads,
                 "warmup": args.warmup,
                 "repeats": args.repeats,
+                "rounds": args.rounds,
                 "machine": machine_info(),
                 "results": [
                     {"case": case, "side": side, **res} for (case, side), res in results.items()
