@@ -322,6 +322,37 @@ def test_ghmr_five_call_momentum_sequence_with_ignored(dtype):
         assert_close(grad, ref_grad)
 
 
+def _loop_baseline():
+    """bench/ghm_loop_baseline.py (the straightforward per-bin port), loaded by path."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "ghm_loop_baseline.py"
+    spec = importlib.util.spec_from_file_location("ghm_loop_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_vectorised_equals_the_per_bin_loop_port():
+    loop = _loop_baseline()
+    rng = np.random.default_rng(10)
+    ours_c, loop_c = GHMCLoss(bins=30, momentum=0.75), loop.GHMCLoop(bins=30, momentum=0.75)
+    ours_r, loop_r = GHMRLoss(momentum=0.7), loop.GHMRLoop(momentum=0.7)
+    for _ in range(3):
+        x, labels, weight = random_ghmc_inputs(rng, n=150, c=5)
+        a, b = run(ours_c, x, labels, weight), run(loop_c, x, labels, weight)
+        assert a[0] == pytest.approx(b[0], rel=RTOL)
+        assert_close(a[1], b[1])
+        np.testing.assert_array_equal(ours_c.acc_sum.numpy(), loop_c.acc_sum.numpy())
+        pred, target = rng.standard_normal((2, 40, 4)) * 0.05
+        box_weight = np.repeat((rng.random((40, 1)) > 0.3).astype(np.float32), 4, axis=1)
+        a, b = run(ours_r, pred, target, box_weight), run(loop_r, pred, target, box_weight)
+        assert a[0] == pytest.approx(b[0], rel=RTOL)
+        assert_close(a[1], b[1])
+        np.testing.assert_array_equal(ours_r.acc_sum.numpy(), loop_r.acc_sum.numpy())
+
+
 # ------------------------------------------------------------------ gradient at x = 0
 def test_ghmc_gradient_at_zero_logit_is_sigmoid_minus_target():
     # Paddle's binary_cross_entropy_with_logits returns -1.5/N and -0.5/N here; ours must give
