@@ -496,3 +496,15 @@ def test_ghm_monitor_follows_ppdet_iteration_after_resume():
         monitor.on_step_end(status)
     monitor.close()
     assert sorted(monitor.history) == [10]
+
+
+def test_subtitle_wraps_at_field_separators():
+    from ppdet_ghm.analysis.plots import _wrap_fields
+
+    text = "demo.yml | weights: out/0 | 20 val images | 242,016 valid anchors x 4 classes"
+    assert (
+        _wrap_fields(text, 46)
+        == "demo.yml | weights: out/0 | 20 val images\n242,016 valid anchors x 4 classes"
+    )
+    assert _wrap_fields(text, 200) == text
+    assert _wrap_fields("a very long field", 6) == "a very\nlong\nfield"

@@ -328,7 +328,7 @@ def run(args: argparse.Namespace) -> dict:
         sl1_beta=settings["sl1_beta"],
     )  # fmt: skip
     config_name = Path(args.config).name
-    weights_name = Path(str(weights)).name if weights else "untrained"
+    weights_name = "/".join(Path(str(weights)).parts[-2:]) if weights else "untrained"
     num_valid, num_pos = sum(counters["valid_anchors"]), sum(counters["positives"])
     subtitle = (
         f"{config_name} | weights: {weights_name} | {counters['images']} {args.split} images | "

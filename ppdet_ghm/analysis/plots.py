@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,23 @@ def _new_figure(ncols: int, width_per_panel: float = 5.2, height: float = 4.4) -
     return fig
 
 
+def _wrap_fields(text: str, width: int, sep: str = " | ") -> str:
+    """Wrap ``text`` at its ``sep``-separated fields (words inside a field too long for a line)."""
+    lines: list[str] = []
+    for part in text.split(sep):
+        if lines and len(lines[-1]) + len(sep) + len(part) <= width:
+            lines[-1] += sep + part
+        else:
+            lines.extend(textwrap.wrap(part, width=width, break_long_words=False) or [""])
+    return "\n".join(lines)
+
+
 def _save(fig: Figure, path: str | Path, title: str, subtitle: str) -> Path:
-    fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=11)
+    if subtitle:  # wrapped to the figure width (under 7.6 px per character at font size 10)
+        width_chars = int(fig.get_figwidth() * DPI / 7.6)
+        subtitle = _wrap_fields(subtitle, width_chars)
+        title = f"{title}\n{subtitle}"
+    fig.suptitle(title, fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
