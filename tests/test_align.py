@@ -1,0 +1,219 @@
+"""The alignment harness (align/): the Paddle side against the committed torch logs, and its pieces.
+
+The Paddle run takes about a minute on 2 cores (all steps, one model build per dtype). Regenerating
+the torch logs needs the PyTorch reference (requirements-torch.txt) and is marked ``torch``.
+"""
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from align import common, data, report, run_all, weights
+
+LOGS = common.DEFAULT_LOGS
+
+# Step 5 in float32 exceeds the issue's gradient thresholds (mean abs 1e-6; our per-parameter
+# grad-norm rel 1e-4) by float32 rounding alone, which that step amplifies: GHM-R's gradient
+# d / sqrt(d^2 + mu^2) has slope 1/mu = 50 at d = 0 (the reference's own float32 gradients of
+# retina_reg differ from its float64 ones by 3e-6..8e-6), and one ReLU input of the reg tower
+# (P4, image 1) lies within float32 rounding of 0 and rounds to opposite signs in the two
+# frameworks. step5_backward_float64 passes every threshold: the port computes the same
+# gradients. For float32 gradient rows we therefore assert this bound instead (set ~3x above
+# the worst value measured, align/README.md "Step 5 in float32") and the float64 row.
+FLOAT32_GRAD_MEAN_ABS_BOUND = 1e-4
+FLOAT32_GRAD_NORM_REL_BOUND = 1e-3
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    out = tmp_path_factory.mktemp("align_out")
+    return run_all.run_paddle(LOGS, str(out), weights.DEFAULT_SEED, common.DEFAULT_CONFIG)
+
+
+def _by_step(rows, step):
+    return [r for r in rows if r.step == step]
+
+
+def test_every_step_ran(rows):
+    assert {r.step for r in rows} == set(run_all.STEP_NAMES)
+    raised = [r for r in rows if r.quantity in ("step raised", "unjudged keys")]
+    assert not raised, raised
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "step1_backbone",
+        "step2_fpn",
+        "step3_head",
+        "step4_loss",
+        "step5_backward_float64",
+        "step6_detections",
+    ],
+)
+def test_step_passes_the_issue_thresholds(rows, step):
+    failed = [r for r in _by_step(rows, step) if r.status != report.STATUS_PASS]
+    assert not failed, report.format_table(failed)
+
+
+def test_step5_float32(rows):
+    float64 = {r.quantity: r for r in _by_step(rows, "step5_backward_float64")}
+    for row in _by_step(rows, "step5_backward"):
+        if row.status == report.STATUS_PASS:
+            continue
+        assert row.quantity.startswith("grad"), report.format_table([row])
+        assert float64[row.quantity].status == report.STATUS_PASS
+        if row.quantity.startswith("grad L2 norm"):
+            assert row.rel <= FLOAT32_GRAD_NORM_REL_BOUND, row
+        else:
+            assert row.mean_abs <= FLOAT32_GRAD_MEAN_ABS_BOUND, row
+
+
+def test_detections_are_not_trivial():
+    log = common.load_log(common.log_path(LOGS, "step6_detections", "torch"))
+    for img in range(2):
+        assert 0 < len(log[f"img{img}.scores"]) <= 100
+        assert np.all(log[f"img{img}.scores"] > 0.05)
+        assert len(set(log[f"img{img}.labels"].tolist())) > 3
+
+
+def test_committed_logs_are_small_and_from_these_weights():
+    files = [f for f in os.listdir(LOGS) if f.endswith("_torch.npy")]
+    assert sorted(f[: -len("_torch.npy")] for f in files) == sorted(run_all.STEP_NAMES)
+    assert sum(os.path.getsize(os.path.join(LOGS, f)) for f in files) < 5_000_000
+    sd = weights.generate_state_dict(weights.DEFAULT_SEED)
+    meta = common.weights_meta(weights.DEFAULT_SEED, sd)
+    for f in files:
+        common.check_same_weights(common.load_log(os.path.join(LOGS, f)), meta, f)
+
+
+def test_weights_cover_the_converter_table_and_are_not_trivial():
+    from ppdet_ghm.convert import mmdet_retinanet_table
+
+    table = mmdet_retinanet_table()
+    spec = weights.state_dict_spec()
+    assert len(spec) == 358  # mmdet RetinaNet-GHM R50-FPN (issue [E])
+    names = [name for name, _, _ in spec]
+    assert set(names) == set(table.renames) | set(table.skips)
+    sd = weights.generate_state_dict(weights.DEFAULT_SEED)
+    for name, shape, dtype in spec:
+        assert sd[name].shape == shape and sd[name].dtype == np.dtype(dtype)
+    bn3 = sd["backbone.layer1.0.bn3.weight"]  # zero under mmdet's default init
+    assert bn3.min() > 0.2
+    assert sd["backbone.layer4.2.bn1.running_var"].min() > 0
+    assert np.std(sd["backbone.layer3.0.bn2.running_mean"]) > 0.1
+    np.testing.assert_array_equal(sd["bbox_head.loss_cls.acc_sum"], np.zeros(30, np.float32))
+    edges = sd["bbox_head.loss_cls.edges"]
+    assert edges[-1] == np.float32(1.0) + np.float32(1e-6) and edges[15] == np.float32(0.5)
+    assert sd["bbox_head.loss_bbox.edges"][-1] == np.float32(1000.0)
+
+
+def test_checksum_changes_with_any_array():
+    sd = {"a": np.zeros(3, np.float32), "b": np.ones((2, 2), np.float32)}
+    base = weights.checksum(sd)
+    assert base == weights.checksum({k: v.copy() for k, v in sd.items()})
+    changed = dict(sd, b=np.array([[1, 1], [1, 1.0000001]], np.float32))
+    assert weights.checksum(changed) != base
+    assert weights.checksum(dict(sd, b=sd["b"].astype(np.float64))) != base
+
+
+def test_fake_batch():
+    batch = data.fake_batch()
+    images = batch["images"]
+    assert images.shape == (2, 3, 128, 160) and images.dtype == np.float32
+    assert np.all(images[1, :, 96:, :] == 0) and np.all(images[1, :, :, 128:] == 0)
+    assert 0.5 < images[0].std() < 2.0
+    for boxes, (h, w) in zip(batch["gt_boxes"], batch["image_shapes"], strict=True):
+        assert np.all(boxes[:, 2] <= w) and np.all(boxes[:, 3] <= h)
+        assert np.all(boxes[:, :2] < boxes[:, 2:])
+    np.testing.assert_array_equal(images, data.fake_batch()["images"])
+
+
+def test_check_kinds():
+    t = {"x": np.array([1.0, -2.0, 4.0]), "n": np.array([3, 4])}
+    p = {"x": np.array([1.0, -2.0, 4.0004]), "n": np.array([3, 5])}
+    forward = report.Check("x", "x", "forward", mean_abs=2e-4, max_rel=1e-4)
+    (row,) = report.compare("s", {"x": t["x"]}, {"x": p["x"]}, [forward])
+    assert row.status == report.STATUS_PASS  # mean 1.33e-4, max 4e-4 / 4 = 1e-4
+    assert math.isclose(row.mean_abs, 4e-4 / 3, rel_tol=1e-6)
+    strict = report.Check("x", "x", "forward", mean_abs=1e-4, max_rel=1e-4)
+    assert report.compare("s", {"x": t["x"]}, {"x": p["x"]}, [strict])[0].status == "FAIL"
+    rel = report.Check("x", "x", "relative", rel=1e-4)
+    assert report.compare("s", {"x": t["x"]}, {"x": p["x"]}, [rel])[0].status == "PASS"
+    rel = report.Check("x", "x", "relative", rel=0.99e-4)
+    assert report.compare("s", {"x": t["x"]}, {"x": p["x"]}, [rel])[0].status == "FAIL"
+    exact = report.Check("n", "n", "exact")
+    (row,) = report.compare("s", {"n": t["n"]}, {"n": p["n"]}, [exact])
+    assert row.status == "FAIL" and "1 of 2 differ" in row.note
+    # a key logged by torch but judged by no check fails, as does a key missing on one side
+    rows = report.compare("s", t, {"x": t["x"]}, [report.Check("x", "x", "exact")])
+    assert [r.status for r in rows] == ["PASS", "FAIL"] and rows[1].quantity == "unjudged keys"
+    (row,) = report.compare("s", t, {"x": t["x"]}, [report.Check("n", "n", "exact")])[:1]
+    assert row.status == "FAIL" and "missing on the paddle side" in row.note
+    with pytest.raises(ValueError, match="needs rel"):
+        report.Check("x", "x", "relative")
+
+
+def test_detection_rows():
+    boxes = np.array([[0, 0, 10, 10], [20, 20, 30, 40], [0, 0, 10, 10]], np.float32)
+    t = {
+        "img0.boxes": boxes,
+        "img0.scores": np.array([0.9, 0.8, 0.1], np.float32),
+        "img0.labels": np.array([1, 2, 3]),
+    }
+    # paddle: same detections in another order, one box moved by 0.001 px, one score off 5e-5
+    p = {
+        "img0.boxes": boxes[[1, 0, 2]] + np.array([[0, 0, 0, 0.001], [0] * 4, [0] * 4]),
+        "img0.scores": np.array([0.80005, 0.9, 0.1], np.float32),
+        "img0.labels": np.array([2, 1, 3]),
+    }
+    rows = report.detection_rows("s", t, p, 1, min_iou=0.999, score_abs=1e-4)
+    assert [r.status for r in rows] == ["PASS"] * 3
+    iou = 200 / 200.01  # 10x20 box inside a 10x20.001 one
+    assert math.isclose(rows[1].max_abs, 1 - iou, rel_tol=1e-3)
+    p["img0.labels"] = np.array([2, 1, 4])
+    rows = report.detection_rows("s", t, p, 1, min_iou=0.999, score_abs=1e-4)
+    assert rows[0].status == "PASS" and rows[1].status == "FAIL" and "1 unmatched" in rows[1].note
+    rows = report.detection_rows("s", t, {k: v[:2] for k, v in p.items()}, 1, 0.999, 1e-4)
+    assert rows[0].status == "FAIL"
+
+
+@pytest.mark.torch
+def test_greedy_nms_is_mmcv_nms():
+    torch = pytest.importorskip("torch")
+    from align.torch_ref import greedy_nms
+
+    boxes = torch.tensor(
+        [[0, 0, 10, 10], [1, 0, 11, 10], [0, 0, 10, 10], [20, 20, 30, 30], [5, 0, 15, 10]],
+        dtype=torch.float32,
+    )
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.95])
+    # IoU(4, 0) = 50/150, IoU(0, 1) = 90/110 > 0.5, IoU(0, 2) = 1, IoU(4, 1) = 60/140
+    assert greedy_nms(boxes, scores, 0.5).tolist() == [4, 0, 3]
+    # offset 1 (mmcv's legacy convention): IoU(4, 0) = 66/176, still kept
+    assert greedy_nms(boxes, scores, 0.5, offset=1).tolist() == [4, 0, 3]
+    assert greedy_nms(boxes, scores, 0.3).tolist() == [4, 3]  # 0.33 > 0.3 suppresses box 0
+    assert greedy_nms(boxes[:0], scores[:0], 0.5).numel() == 0
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_regenerated_torch_logs_equal_the_committed_ones(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("mmdet")
+    manifest = run_all.regenerate_torch(str(tmp_path), weights.DEFAULT_SEED)
+    assert manifest["total_bytes"] < 5_000_000
+    for name in run_all.STEP_NAMES:
+        new = common.load_log(common.log_path(str(tmp_path), name, "torch"))
+        old = common.load_log(common.log_path(LOGS, name, "torch"))
+        assert sorted(new) == sorted(old), name
+        for key in old:
+            a, b = old[key], new[key]
+            assert a.shape == b.shape and a.dtype == b.dtype, (name, key)
+            if a.dtype.kind in "iub":
+                np.testing.assert_array_equal(a, b, err_msg=f"{name} {key}")
+            else:  # bitwise on this machine; float32 rounding of another CPU allowed
+                scale = max(float(np.abs(a).max()), 1e-30)
+                assert float(np.abs(a - b).max()) <= 1e-4 * scale, (name, key)
