@@ -15,7 +15,9 @@ with dotted keys and YAML values as ppdet's ``tools/*.py``, ``--eval``, ``-r/--r
     ppdet-ghm demo                                                     # what `make demo` runs
     ppdet-ghm plot-gradients -c CONFIG -o weights=W                    # ppdet_ghm.analysis
 
-Exit status: 0 on success, 2 on a usage error, 1 on an error of the run (message on stderr).
+Exit status: 0 on success, 2 on a usage error, 1 on an error of the run (message on stderr:
+bad data, a non-finite loss, ...), 128 + the signal number when SIGINT/SIGTERM stopped training
+after writing a checkpoint (130, 143; resume with ``-r auto``).
 """
 
 from __future__ import annotations
@@ -99,7 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model")
     _add_config_args(p)
     p.add_argument("--eval", action="store_true", help="evaluate after every snapshot epoch")
-    p.add_argument("-r", "--resume", default=None, help="checkpoint to resume (path, no suffix)")
+    p.add_argument(
+        "-r",
+        "--resume",
+        default=None,
+        help="checkpoint to resume (path, no suffix), or 'auto': the latest complete one in the "
+        "output folder (none: start anew)",
+    )
     p.add_argument("--use_vdl", action="store_true", help="log to VisualDL (<output_dir>/vdl)")
     p.add_argument("--seed", type=int, default=None, help="seed Paddle, NumPy and Python")
     p.add_argument("--progress", action="store_true", help="progress bar")
@@ -352,4 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"ppdet-ghm {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except Exception as err:  # training stopped on purpose: NaN loss (1), signal (128 + signum)
+        status = getattr(err, "exit_status", None)
+        if status is None:
+            raise
+        print(f"ppdet-ghm {args.command}: {err}", file=sys.stderr)
+        return int(status)
     return 0

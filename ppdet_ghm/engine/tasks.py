@@ -21,6 +21,7 @@ import paddle
 import yaml
 
 from ppdet_ghm.builder import load_config
+from ppdet_ghm.engine.checkpoint_io import find_latest_checkpoint
 from ppdet_ghm.engine.coco_eval import CocoBoxResults, evaluate_detections
 from ppdet_ghm.engine.trainer import GHMTrainer, load_model_weights, log_to_file
 from ppdet_ghm.engine.visualize import draw_detections
@@ -89,7 +90,8 @@ def train(
     """Train the model of ``config``; checkpoints, ``train.log`` and ``vdl/`` in ``output_dir``.
 
     Args:
-        resume: a checkpoint path without suffix (``output/x/3``) to continue from.
+        resume: a checkpoint path without suffix (``output/x/3``) to continue from, or
+            ``"auto"`` for the latest complete checkpoint in ``output_dir`` (none: start anew).
         validate: evaluate on EvalDataset after every snapshot epoch (keeps ``best_model``).
         seed: seeds Paddle (weight init), NumPy and Python before the model is built, and the
             data order and augmentation of every epoch (default 0 for the data; a resumed run
@@ -99,7 +101,12 @@ def train(
     cfg["use_vdl"] = bool(use_vdl)
     output_dir = output_dir or default_output_dir(cfg, "train")
     setup_runtime(cfg, threads, seed)
-    with log_to_file(os.path.join(output_dir, "train.log")):
+    rank = paddle.distributed.get_rank()
+    if resume == "auto":
+        resume = find_latest_checkpoint(output_dir)
+        logger.info("resume auto: %s", resume or f"no complete checkpoint in {output_dir}")
+    log_name = "train.log" if rank == 0 else f"train.rank{rank}.log"
+    with log_to_file(os.path.join(output_dir, log_name)):
         logger.info("train %s (overrides %s) -> %s", config, overrides or {}, output_dir)
         trainer = GHMTrainer(
             cfg,

@@ -15,6 +15,13 @@ subclass it (no fork) and change only what our pipeline needs:
   keeps ``data_seed`` for the resume. Parameters and optimizer accumulators are named
   from the trainer's own counter (the optimizer state is keyed by those names). A resumed run
   then repeats the straight run's losses.
+- **Reliability** (issue [H]): the training set is checked (:mod:`ppdet_ghm.data.validation`,
+  config block ``data_checks``), checkpoints are written atomically
+  (:mod:`~ppdet_ghm.engine.checkpoint_io`), a non-finite loss stops or skips the step
+  (:mod:`~ppdet_ghm.engine.guards`, config key ``nonfinite: stop|skip``), SIGINT/SIGTERM write a
+  resumable checkpoint (:mod:`~ppdet_ghm.engine.interrupt`), and weights files given for
+  evaluation, inference or export are read without running their pickle
+  (:mod:`~ppdet_ghm.engine.safe_load`).
 - **Logs.** :func:`log_to_file` copies every ppdet and ppdet_ghm log record to a file;
   :class:`ProgressBar` draws tqdm bars for training and evaluation.
 """
@@ -34,6 +41,12 @@ from paddle.base.unique_name import UniqueNameGenerator
 from paddle.utils import unique_name
 from ppdet.engine import Trainer
 from ppdet.engine.callbacks import Callback, Checkpointer
+
+from ppdet_ghm.data.validation import DataChecks, checked_dataset
+from ppdet_ghm.engine.checkpoint_io import atomic_ppdet_saves, write_meta
+from ppdet_ghm.engine.guards import NonFiniteGuard
+from ppdet_ghm.engine.interrupt import InterruptCheckpointer
+from ppdet_ghm.engine.safe_load import safe_load
 
 logger = logging.getLogger(__name__)
 
@@ -104,23 +117,9 @@ def quiet_console(level: int = logging.WARNING):
             handler.setLevel(value)
 
 
-def load_model_weights(model: paddle.nn.Layer, path: str) -> None:
-    """Load a ``.pdparams`` state into ``model``, strictly.
-
-    Every parameter and buffer of the model must be in the file with the same shape, except the
-    GHM losses' ``acc_sum`` buffers (training-only statistics, absent from converted mmdet
-    checkpoints), which keep their values. Keys of the file the model does not have are reported
-    and ignored.
-
-    Raises:
-        FileNotFoundError: no such file (``.pdparams`` is appended when missing).
-        ValueError: missing keys or shape mismatches, listed.
-    """
-    path = path if path.endswith(".pdparams") else path + ".pdparams"
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
-    state = paddle.load(path)
-    model_state = model.state_dict()
+def check_weights_fit(model_state: dict, state: dict, path: str) -> None:
+    """ValueError listing the missing keys and shape mismatches of ``state`` (from ``path``)
+    against ``model_state``; the GHM ``acc_sum`` buffers may be missing."""
     missing = [k for k in model_state if k not in state and not k.endswith("acc_sum")]
     mismatched = [
         f"{k}: file {list(state[k].shape)} vs model {list(v.shape)}"
@@ -132,6 +131,27 @@ def load_model_weights(model: paddle.nn.Layer, path: str) -> None:
             f"{path} does not fit the model: {len(missing)} missing key(s) {missing[:8]}, "
             f"{len(mismatched)} shape mismatch(es) {mismatched[:8]}"
         )
+
+
+def load_model_weights(model: paddle.nn.Layer, path: str) -> None:
+    """Load a ``.pdparams`` (or ``.safetensors``) state into ``model``, strictly, without running
+    the file's pickle (:func:`ppdet_ghm.engine.safe_load.safe_load`).
+
+    Every parameter and buffer of the model must be in the file with the same shape, except the
+    GHM losses' ``acc_sum`` buffers (training-only statistics, absent from converted mmdet
+    checkpoints), which keep their values. Keys of the file the model does not have are reported
+    and ignored.
+
+    Raises:
+        FileNotFoundError: no such file (``.pdparams`` is appended when ``path`` is not a file).
+        ValueError: missing keys or shape mismatches, listed; a file that would run code.
+    """
+    path = path if os.path.isfile(path) or path.endswith(".pdparams") else path + ".pdparams"
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    state = safe_load(path)
+    model_state = model.state_dict()
+    check_weights_fit(model_state, state, path)
     unexpected = sorted(set(state) - set(model_state))
     if unexpected:
         logger.info(
@@ -151,7 +171,8 @@ class OutputDirCheckpointer(Checkpointer):
         self.save_dir = save_dir
 
     def on_epoch_end(self, status):
-        super().on_epoch_end(status)
+        with atomic_ppdet_saves():
+            super().on_epoch_end(status)
         if status["mode"] != "train" or paddle.distributed.get_rank() != 0:
             return
         cfg = self.model.cfg
@@ -163,8 +184,7 @@ class OutputDirCheckpointer(Checkpointer):
                 "iteration": (epoch_id + 1) * status["steps_per_epoch"],
                 "data_seed": getattr(self.model.loader, "seed", None),
             }
-            with open(os.path.join(self.save_dir, name + ".meta.json"), "w") as f:
-                json.dump(meta, f)
+            write_meta(os.path.join(self.save_dir, name), meta)  # last, atomically
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -181,13 +201,15 @@ class EpochSeededLoader:
     iterator down, sets the sampler's epoch (``RandomState(epoch)`` shuffling), seeds NumPy and
     Python with :func:`epoch_seed` and only then starts the iterator: the batches of epoch ``e``
     (order and augmentation, with ``worker_num`` 0 or more) depend on ``(seed, e)`` only, so a
-    resumed run sees the straight run's data.
+    resumed run sees the straight run's data. ``skip_batches`` (resuming inside an epoch) makes
+    the next epoch load and drop its first batches.
     """
 
     def __init__(self, reader, seed: int = 0):
         self.reader = reader
         self.seed = int(seed)
         self.epoch = 0
+        self.skip_batches = 0
         pending = getattr(reader, "loader", None)  # started by ppdet at construction
         if pending is not None and hasattr(pending, "_try_shutdown_all"):
             pending._try_shutdown_all()
@@ -216,9 +238,12 @@ class EpochSeededLoader:
         np.random.seed(seed)  # noqa: NPY002  (the global RNG ppdet's transforms draw from)
         random.seed(seed)
         self.epoch += 1
+        skip, self.skip_batches = self.skip_batches, 0
         iterator = iter(self.reader.dataloader)
         try:
-            yield from iterator
+            for index, batch in enumerate(iterator):
+                if index >= skip:
+                    yield batch
         finally:
             if hasattr(iterator, "_try_shutdown_all"):
                 iterator._try_shutdown_all()
@@ -331,6 +356,9 @@ class GHMTrainer(Trainer):
         # a counter of our own makes them the same in every process, so a checkpoint resumes
         # even after other models were built or trained in the process.
         self._names = UniqueNameGenerator()
+        if mode == "train":
+            checks = DataChecks.from_config(cfg.get("data_checks"))
+            cfg["TrainDataset"] = checked_dataset(cfg["TrainDataset"], checks)
         with unique_name.guard(self._names):
             super().__init__(cfg, mode=mode)
         if mode == "train":
@@ -343,6 +371,12 @@ class GHMTrainer(Trainer):
                 callback = OutputDirCheckpointer(self, self.output_dir)
             callbacks.append(callback)
         callbacks += [self.recorder, self.history]
+        if mode == "train":
+            self.interrupts = InterruptCheckpointer(self, self.output_dir)
+            self.guard = NonFiniteGuard(
+                self, str(cfg.get("nonfinite", "stop")), checkpoint_dir=self.output_dir
+            )
+            callbacks += [self.guard, self.interrupts]
         if progress:
             callbacks.append(ProgressBar(self))
         self._callbacks = []
@@ -354,21 +388,28 @@ class GHMTrainer(Trainer):
         return self.recorder.results
 
     def train(self, validate: bool = False):
-        with unique_name.guard(self._names):  # optimizer accumulators are named on first use
+        # optimizer accumulators are named on first use; SIGINT/SIGTERM: checkpoint and stop
+        with unique_name.guard(self._names), self.interrupts.handling_signals():
             return super().train(validate=validate)
 
     def resume_weights(self, weights: str):
         """Resume from checkpoint ``weights`` (path without suffix): model, GHM ``acc_sum``,
-        optimizer, LR schedule position (ppdet), then the data pipeline's epoch."""
+        optimizer, LR schedule position (ppdet), then the data pipeline's epoch (and the step
+        inside it for an interrupt checkpoint). Raises ValueError when the weights do not fit."""
+        path = weights + ".pdparams"
+        if os.path.isfile(path):  # ppdet's loader would skip mismatched shapes with a warning
+            check_weights_fit(self.model.state_dict(), safe_load(path), path)
         super().resume_weights(weights)
         if isinstance(self.loader, EpochSeededLoader):
             self.loader.set_epoch(self.start_epoch)
             meta_path = weights + ".meta.json"
             if os.path.isfile(meta_path):
                 with open(meta_path) as f:
-                    data_seed = json.load(f).get("data_seed")
-                if data_seed is not None:
-                    self.loader.seed = int(data_seed)
+                    meta = json.load(f)
+                if meta.get("data_seed") is not None:
+                    self.loader.seed = int(meta["data_seed"])
+                if meta.get("step"):  # an interrupt checkpoint, inside an epoch
+                    self.interrupts.resume_inside_epoch(self.start_epoch, int(meta["step"]))
             else:
                 logger.warning(
                     "%s not found: the data of the resumed epochs follow data_seed=%d",

@@ -1,0 +1,170 @@
+"""Checkpoint files written atomically, and the latest complete checkpoint of a folder.
+
+A training checkpoint ``<dir>/<name>`` is three files: ``<name>.pdparams`` (model state),
+``<name>.pdopt`` (optimizer state with ppdet's ``last_epoch``, the LR scheduler inside) and
+``<name>.meta.json`` (``{"epoch": epochs done, "iteration": iterations done, "data_seed"}``, plus
+``"step"``, batches done inside the current epoch, for an interrupt checkpoint).
+
+- **Atomic.** Every file is written to a temporary file in the same folder, flushed to disk
+  (``fsync``) and renamed over its final name (``os.replace``, atomic on POSIX): a crash or a kill
+  mid-write leaves the previous file or none, never a truncated one.
+- **Complete.** ``.meta.json`` is removed before the other two are replaced, and written last:
+  a checkpoint counts as complete when its meta parses and both files exist.
+  :func:`find_latest_checkpoint` returns the complete one with the most iterations done
+  (``-r auto`` on the command line).
+- ppdet's own ``save_model`` (its ``Checkpointer``: epoch snapshots, ``best_model``) is made atomic
+  within :func:`atomic_ppdet_saves`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import paddle
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "atomic_file",
+    "atomic_paddle_save",
+    "atomic_ppdet_saves",
+    "find_latest_checkpoint",
+    "is_complete",
+    "read_meta",
+    "save_checkpoint",
+    "write_meta",
+]
+
+#: The files of a training checkpoint besides ``.meta.json``.
+CHECKPOINT_SUFFIXES = (".pdparams", ".pdopt")
+META_SUFFIX = ".meta.json"
+
+
+def _fsync_dir(directory: str):
+    with contextlib.suppress(OSError):  # not every file system lets a folder be opened
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike):
+    """Yield a temporary path in ``path``'s folder; on a clean exit it is synced to disk and
+    renamed to ``path`` (atomic), on an exception it is removed and ``path`` is untouched."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def atomic_paddle_save(obj, path: str | os.PathLike):
+    """``paddle.save(obj, path)``, atomically (see :func:`atomic_file`)."""
+    with atomic_file(path) as tmp:
+        paddle.save(obj, tmp)
+
+
+def _write_json(data: dict, path: str):
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+
+
+def write_meta(prefix: str, meta: dict):
+    """Write ``<prefix>.meta.json`` (atomically), after the checkpoint's other files."""
+    missing = [s for s in CHECKPOINT_SUFFIXES if not os.path.isfile(prefix + s)]
+    if missing:
+        raise FileNotFoundError(f"{prefix}: no {missing} to describe: write them first")
+    _write_json(meta, prefix + META_SUFFIX)
+
+
+def read_meta(prefix: str) -> dict | None:
+    """The parsed ``<prefix>.meta.json``, or None when missing or unreadable."""
+    try:
+        with open(prefix + META_SUFFIX) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def is_complete(prefix: str) -> bool:
+    """Whether ``<prefix>`` is a complete checkpoint (module docstring)."""
+    if read_meta(prefix) is None:
+        return False
+    return all(os.path.isfile(prefix + suffix) for suffix in CHECKPOINT_SUFFIXES)
+
+
+def find_latest_checkpoint(directory: str | os.PathLike) -> str | None:
+    """The complete checkpoint of ``directory`` with the most iterations done (path without
+    suffix), or None if there is none. Ties go to the newer meta file."""
+    candidates = []
+    for meta_path in Path(directory).glob("*" + META_SUFFIX):
+        prefix = str(meta_path)[: -len(META_SUFFIX)]
+        if not is_complete(prefix):
+            logger.info("%s: incomplete checkpoint, ignored", prefix)
+            continue
+        iteration = read_meta(prefix).get("iteration", -1)
+        candidates.append((int(iteration), meta_path.stat().st_mtime_ns, prefix))
+    return max(candidates)[2] if candidates else None
+
+
+def save_checkpoint(
+    model_state: dict,
+    optimizer,
+    save_dir: str,
+    save_name: str,
+    last_epoch: int,
+    ema_model: dict | None = None,
+):
+    """ppdet's ``save_model`` (same arguments, same files), atomic, on rank 0 only.
+
+    Removes ``<save_name>.meta.json`` first, so a crash before the caller writes the new meta
+    never pairs the old meta with new files.
+    """
+    if paddle.distributed.get_rank() != 0:
+        return
+    prefix = os.path.join(save_dir, save_name)
+    os.makedirs(save_dir, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(prefix + META_SUFFIX)
+    if ema_model is None:
+        atomic_paddle_save(model_state, prefix + ".pdparams")
+    else:  # ppdet keeps the EMA weights in .pdparams and the raw ones in .pdema
+        atomic_paddle_save(ema_model, prefix + ".pdparams")
+        atomic_paddle_save(model_state, prefix + ".pdema")
+    state = optimizer.state_dict()
+    state["last_epoch"] = last_epoch
+    atomic_paddle_save(state, prefix + ".pdopt")
+    logger.info("saved checkpoint %s", prefix)
+
+
+@contextlib.contextmanager
+def atomic_ppdet_saves():
+    """Within the block, ppdet's ``Checkpointer`` saves through :func:`save_checkpoint`."""
+    from ppdet.engine import callbacks
+
+    original = callbacks.save_model
+    callbacks.save_model = save_checkpoint
+    try:
+        yield
+    finally:
+        callbacks.save_model = original
