@@ -23,7 +23,9 @@ Logged per iteration k: ``it{k}.loss``, ``it{k}.loss_cls.P3``.., ``it{k}.loss_bb
 ``it{k}.grad.<mmdet name>`` (gradient before clipping; a fixed strided slice of big tensors);
 ``it{k}.grad_norms`` (L2 norm of the gradient of every parameter, mmdet ``named_parameters``
 order, 0 for frozen ones); ``it{k}.ghmc.acc_sum`` / ``it{k}.ghmr.acc_sum`` after the iteration.
-After the last iteration: ``final.<mmdet name>`` (selected parameter values, same slices).
+After the last iteration: ``final.<mmdet name>`` (selected parameter values, same slices) and,
+in float64, ``update.<mmdet name>`` (final minus initial value: weight decay, momentum and
+clipping show there, while float32 would lose the update to cancellation).
 """
 
 import os
@@ -165,11 +167,20 @@ def torch_side(ctx, args):
     for name in FINAL:
         log[f"final.{name}"] = cut(name, named[name].detach().numpy(), args.dtype)
     model.float().eval()
-    return log
+    return with_updates(log, args, ctx.state_dict)
 
 
 def paddle_side(ctx, args):
-    return ctx.train_iterations(args, SELECTED, FINAL, parameter_names())
+    log = ctx.train_iterations(args, SELECTED, FINAL, parameter_names())
+    return with_updates(log, args, ctx.state_dict)
+
+
+def with_updates(log, args, initial):
+    """Add ``update.<name>`` = final - initial (float64 runs only)."""
+    if args.dtype == "float64":
+        for name in FINAL:
+            log[f"update.{name}"] = log[f"final.{name}"] - cut(name, initial[name], "float64")
+    return log
 
 
 def judge(args, torch_log, paddle_log):
@@ -214,6 +225,16 @@ def judge(args, torch_log, paddle_log):
             max_rel=args.param_max_rel,
         ),
     ]
+    if args.dtype == "float64":
+        checks.append(
+            report.Check(
+                "parameter updates (final - initial)",
+                r"update\..*",
+                "forward",
+                mean_abs=args.param_mean_abs,
+                max_rel=args.param_max_rel,
+            )
+        )
     floor_log = None
     floor_path = common.log_path(args.logs, f"{STEP}_float64", "torch")
     if args.dtype == "float32" and os.path.isfile(floor_path):
