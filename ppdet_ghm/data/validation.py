@@ -137,12 +137,17 @@ def _read_json(path: str) -> dict:
 
 def _image_size(path: str, full: bool) -> tuple[int, int]:
     """(width, height) of the image file; OSError / ValueError when it cannot be read."""
-    from PIL import Image
+    from PIL import Image, ImageFile
 
     with Image.open(path) as im:
         size = im.size
         if full:
-            im.load()  # Pillow raises OSError on a truncated file
+            # ppdet sets LOAD_TRUNCATED_IMAGES at import; Pillow raises on truncation without it
+            tolerant, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+            try:
+                im.load()
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = tolerant
     return size
 
 
