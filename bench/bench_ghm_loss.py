@@ -178,6 +178,7 @@ def main(argv=None):
 
         torch.set_num_threads(args.threads)
 
+    load_at_start = _load_average()
     rng = np.random.default_rng(args.seed)
     levels = [max(1, round(n * args.scale)) for n in retina_level_sizes()]
     flat = max(1, round(120000 * args.scale))
@@ -242,6 +243,14 @@ def main(argv=None):
         print(_table(rows, which))
     print()
     print(_machine_line(mmdet_losses is not None))
+    print(f"load average (1 min) at start {load_at_start}, at end {_load_average()}")
+
+
+def _load_average():
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "n/a"
 
 
 def _cell(value):
