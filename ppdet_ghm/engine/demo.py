@@ -50,7 +50,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--output-dir", default="demo_output", help="outputs go to <output-dir>/<config name>"
     )
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    parser.add_argument("--data-seed", type=int, default=0, help="data set seed (default 0)")
+    from ppdet_ghm.data.demo_data import DemoDataSpec
+
+    spec = DemoDataSpec()
+    group = parser.add_argument_group("data set (defaults: the demo's)")
+    group.add_argument("--data-seed", type=int, default=spec.seed, help="generator seed")
+    group.add_argument("--num-train", type=int, default=spec.num_train)
+    group.add_argument("--num-val", type=int, default=spec.num_val)
+    group.add_argument("--image-size", type=int, default=spec.image_size)
+    group.add_argument("--max-size", type=int, default=spec.max_size, help="largest object side")
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads (default: all available)"
     )
@@ -119,7 +127,13 @@ def run(args: argparse.Namespace) -> dict:
     timings = {}
 
     # 1. data
-    spec = DemoDataSpec(seed=args.data_seed)
+    spec = DemoDataSpec(
+        seed=args.data_seed,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        image_size=args.image_size,
+        max_size=args.max_size,
+    )
     tic = time.time()
     if _data_is_current(data_dir, spec):
         _step(1, steps, f"data: {data_dir} is there already (same generator settings)")

@@ -60,6 +60,7 @@ __all__ = [
     "load_model_weights",
     "log_to_file",
     "quiet_console",
+    "restore_ppdet_console",
 ]
 
 _LOGGER_PREFIXES = ("ppdet", "ppdet_ghm")
@@ -96,6 +97,26 @@ def log_to_file(path: str | os.PathLike):
             item.removeHandler(handler)
         ours.setLevel(old_level)
         handler.close()
+
+
+def restore_ppdet_console() -> int:
+    """Point ppdet's console handlers that write into an ``io.StringIO`` back to ``sys.stdout``.
+
+    ppdet creates its loggers' console handlers at import time with the ``sys.stdout`` of that
+    moment; ``ppdet_ghm.compat.import_ppdet_quietly`` imports ppdet under
+    ``redirect_stdout(StringIO())``, so without this every later ppdet log line (training
+    progress, evaluation) would go into that buffer. Returns the number of handlers repaired.
+    """
+    import io
+    import sys
+
+    repaired = 0
+    for item in _package_loggers():
+        for handler in item.handlers:
+            if type(handler) is logging.StreamHandler and isinstance(handler.stream, io.StringIO):
+                handler.setStream(sys.stdout)
+                repaired += 1
+    return repaired
 
 
 @contextlib.contextmanager
