@@ -25,6 +25,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=common.DEFAULT_THREADS)
     parser.add_argument("--warmup", type=int, default=common.DEFAULT_WARMUP)
     parser.add_argument("--repeats", type=int, default=common.DEFAULT_REPEATS)
+    parser.add_argument("--rounds", type=int, default=1, help="workers per side, alternating")
     parser.add_argument("--only", nargs="+", choices=sorted(SCRIPTS), default=list(SCRIPTS))
     parser.add_argument("--json-dir", default=None, help="write one JSON file per benchmark here")
     args = parser.parse_args(argv)
@@ -32,7 +33,7 @@ def main(argv=None):
     for name in args.only:
         module = SCRIPTS[name]
         sub = ["--threads", str(args.threads), "--warmup", str(args.warmup)]
-        sub += ["--repeats", str(args.repeats)]
+        sub += ["--repeats", str(args.repeats), "--rounds", str(args.rounds)]
         if args.json_dir:
             os.makedirs(args.json_dir, exist_ok=True)
             sub += ["--json", os.path.join(args.json_dir, f"{module.SCRIPT}.json")]
