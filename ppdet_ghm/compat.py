@@ -35,10 +35,22 @@ _APPLIED_FLAG = "_ppdet_ghm_compat"
 
 
 def import_ppdet_quietly():
-    """Import ppdet with its optional-dependency chatter (lap, numba, motmetrics) swallowed."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    """Import ppdet with its optional-dependency chatter (lap, numba, motmetrics) swallowed.
+
+    ppdet's loggers create their console handlers at import time with the ``sys.stdout`` of that
+    moment; the handlers that captured our buffer are pointed back at the real ``sys.stdout``.
+    """
+    import logging
+    import sys
+
+    buffer = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(buffer):
         warnings.simplefilter("ignore")
         import ppdet  # noqa: F401
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", ()):
+            if isinstance(handler, logging.StreamHandler) and handler.stream is buffer:
+                handler.setStream(sys.stdout)
 
 
 def int_accepting_size1_arrays(x=0, *args):

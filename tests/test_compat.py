@@ -139,3 +139,14 @@ class _Categories(AttrDict):
 def test_inference_config_names_the_missing_model(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         compat.inference_config(str(tmp_path))
+
+
+def test_ppdet_logs_reach_stdout_after_the_quiet_import():
+    code = (
+        "import ppdet_ghm\n"
+        "from ppdet.utils.logger import setup_logger\n"
+        "setup_logger('ppdet.engine').info('hello from ppdet')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "hello from ppdet" in done.stdout + done.stderr
