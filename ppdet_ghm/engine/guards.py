@@ -96,9 +96,12 @@ class NonFiniteGuard(Callback):
         self._outputs = None
         self._checked = False
         if self.mode == "skip":
-            self._buffers = {
-                name: buffer.clone() for name, buffer in self.model.model.named_buffers()
-            }
+            self._buffers = {name: t.clone() for name, t in self._statistics().items()}
+
+    def _statistics(self) -> dict:
+        """The model's state that a forward changes: buffers (GHM ``acc_sum``) and the
+        non-trainable parameters (Paddle keeps BatchNorm's running mean/variance there)."""
+        return {k: t for k, t in self.model.model.state_dict().items() if t.stop_gradient}
 
     def _bad_terms(self) -> dict[str, float]:
         """{name: value} of the non-finite loss terms of this rank's last forward."""
@@ -161,8 +164,8 @@ class NonFiniteGuard(Callback):
         self._consecutive += 1
         self.skipped.append(_iteration(status))
         if self._buffers is not None:
-            for name, buffer in self.model.model.named_buffers():
-                buffer.set_value(self._buffers[name])
+            for name, tensor in self._statistics().items():
+                tensor.set_value(self._buffers[name])
         if self._consecutive >= self.max_consecutive_skips:
             self._stop(terms, status, f"{self._consecutive} steps in a row skipped: stopped")
         logger.warning("%s", self._message(terms, status, "step skipped (nonfinite: skip)"))
