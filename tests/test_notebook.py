@@ -100,6 +100,7 @@ def executed(tmp_path_factory):
 
 def test_parameters_cell_defaults_run_the_demo():
     nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
     index = parameters_cell_index(nb)
     namespace: dict = {}
     exec(nb.cells[index].source, namespace)  # plain assignments only
