@@ -102,12 +102,12 @@ def train(
     output_dir = output_dir or default_output_dir(cfg, "train")
     setup_runtime(cfg, threads, seed)
     rank = paddle.distributed.get_rank()
-    if resume == "auto":
-        resume = find_latest_checkpoint(output_dir)
-        logger.info("resume auto: %s", resume or f"no complete checkpoint in {output_dir}")
     log_name = "train.log" if rank == 0 else f"train.rank{rank}.log"
     with log_to_file(os.path.join(output_dir, log_name)):
         logger.info("train %s (overrides %s) -> %s", config, overrides or {}, output_dir)
+        if resume == "auto":
+            resume = find_latest_checkpoint(output_dir)
+            logger.info("resume auto: %s", resume or f"no complete checkpoint in {output_dir}")
         trainer = GHMTrainer(
             cfg,
             "train",
