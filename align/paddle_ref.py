@@ -188,7 +188,9 @@ class PaddleContext:
 
     # ----------------------------------------------------------------- step 5
 
-    def train_iterations(self, args, selected: dict, final: tuple, parameter_names: list):
+    def train_iterations(
+        self, args, selected: dict, final: tuple, parameter_names: list, final_buffers: tuple
+    ):
         """Step 5's log (see ``align/step5_backward.py``), with Paddle's Momentum optimizer."""
         import paddle
 
@@ -254,6 +256,9 @@ class PaddleContext:
             log[f"final.{name}"] = np.ascontiguousarray(
                 params[rename[name]].numpy()[selected[name]], dtype=args.dtype
             )
+        buffers = model.state_dict()
+        for name in final_buffers:
+            log[f"final_buffer.{name}"] = buffers[rename[name]].numpy().copy()
         self.load_weights(model)  # leave the shared model as the other steps expect it
         return log
 

@@ -23,7 +23,8 @@ Logged per iteration k: ``it{k}.loss``, ``it{k}.loss_cls.P3``.., ``it{k}.loss_bb
 ``it{k}.grad.<mmdet name>`` (gradient before clipping; a fixed strided slice of big tensors);
 ``it{k}.grad_norms`` (L2 norm of the gradient of every parameter, mmdet ``named_parameters``
 order, 0 for frozen ones); ``it{k}.ghmc.acc_sum`` / ``it{k}.ghmr.acc_sum`` after the iteration.
-After the last iteration: ``final.<mmdet name>`` (selected parameter values, same slices) and,
+After the last iteration: ``final_buffer.<mmdet name>`` (two BN running statistics, which must be
+unchanged), ``final.<mmdet name>`` (selected parameter values, same slices) and,
 in float64, ``update.<mmdet name>`` (final minus initial value: weight decay, momentum and
 clipping show there, while float32 would lose the update to cancellation).
 """
@@ -57,6 +58,8 @@ SELECTED = {
     "backbone.layer2.0.bn1.weight": (),
     "backbone.layer2.0.bn1.bias": (),
 }
+# BN statistics must stay frozen through training (mmdet norm_eval): logged after the last step.
+FINAL_BUFFERS = ("backbone.layer2.0.bn1.running_mean", "backbone.layer4.2.bn3.running_var")
 FINAL = (
     "bbox_head.retina_cls.bias",
     "backbone.layer4.2.bn3.weight",
@@ -166,12 +169,15 @@ def torch_side(ctx, args):
         log[f"it{it}.ghmr.acc_sum"] = head.loss_bbox.acc_sum.numpy().copy()
     for name in FINAL:
         log[f"final.{name}"] = cut(name, named[name].detach().numpy(), args.dtype)
+    buffers = model.state_dict()
+    for name in FINAL_BUFFERS:
+        log[f"final_buffer.{name}"] = buffers[name].numpy().copy()
     model.float().eval()
     return with_updates(log, args, ctx.state_dict)
 
 
 def paddle_side(ctx, args):
-    log = ctx.train_iterations(args, SELECTED, FINAL, parameter_names())
+    log = ctx.train_iterations(args, SELECTED, FINAL, parameter_names(), FINAL_BUFFERS)
     return with_updates(log, args, ctx.state_dict)
 
 
@@ -217,6 +223,7 @@ def judge(args, torch_log, paddle_log):
             "relative",
             rel=args.acc_sum_rel,
         ),
+        report.Check("BN running statistics after the last step", r"final_buffer\..*", "exact"),
         report.Check(
             "parameters after the last step",
             r"final\..*",
