@@ -17,7 +17,7 @@ from engine_tiny import make_tiny
 from ppdet_ghm import cli
 from ppdet_ghm.builder import build_model
 from ppdet_ghm.engine import safe_load as safe_load_module
-from ppdet_ghm.engine.safe_load import UnsafeCheckpointError, safe_load
+from ppdet_ghm.engine.safe_load import UnsafeCheckpointError, ensure_safe, safe_load
 
 
 class _System:
@@ -132,4 +132,29 @@ def test_cli_eval_with_a_malicious_weights_file_refuses_it(tmp_path, capsys):
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert "ppdet-ghm eval: error:" in err and "refused: the file calls posix.system" in err
+    assert not marker.exists()
+
+
+def test_ensure_safe_checks_every_file_of_a_checkpoint(tmp_path):
+    paddle.save({"w": paddle.ones([2])}, str(tmp_path / "c.pdparams"))
+    marker = tmp_path / "pwned"
+    _malicious(tmp_path / "c.pdopt", _System(f"touch {marker}"))
+    with pytest.raises(UnsafeCheckpointError, match=r"c\.pdopt: refused"):
+        ensure_safe(tmp_path / "c")
+    (tmp_path / "c.pdopt").unlink()
+    paddle.save({"last_epoch": 1}, str(tmp_path / "c.pdopt"))
+    expected = [str(tmp_path / "c.pdparams"), str(tmp_path / "c.pdopt")]
+    assert ensure_safe(tmp_path / "c.pdparams") == expected
+    assert not marker.exists()
+
+
+def test_cli_train_with_malicious_pretrain_weights_refuses_them(tmp_path, capsys):
+    config, overrides = make_tiny(tmp_path)
+    marker = tmp_path / "pwned"
+    _malicious(tmp_path / "pretrain.pdparams", _System(f"touch {marker}"))
+    argv = ["train", "-c", config, "--output_dir", str(tmp_path / "out"), "-o"]
+    argv += [f"{k}={v}" for k, v in overrides.items()]
+    argv += [f"pretrain_weights={tmp_path / 'pretrain'}"]
+    assert cli.main(argv) == 1
+    assert "pretrain.pdparams: refused: the file calls posix.system" in capsys.readouterr().err
     assert not marker.exists()

@@ -37,7 +37,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["UnsafeCheckpointError", "main", "safe_load", "sanitize"]
+__all__ = ["UnsafeCheckpointError", "ensure_safe", "main", "safe_load", "sanitize"]
 
 
 class UnsafeCheckpointError(ValueError):
@@ -142,6 +142,25 @@ def safe_load(path: str | os.PathLike) -> dict:
             )
     obj.pop("StructuredToParameterName@@", None)
     return {k: _unpack(v, path, str(k)) for k, v in obj.items()}
+
+
+def ensure_safe(weights: str | os.PathLike) -> list[str]:
+    """Read every file of the checkpoint ``weights`` (a path without suffix, or its
+    ``.pdparams``) that exists, ``.pdparams`` / ``.pdopt`` / ``.pdema``, with :func:`safe_load`,
+    before code that uses ``paddle.load`` (ppdet's resume and pretrain loaders) touches them.
+
+    Returns the files checked. Raises :class:`UnsafeCheckpointError` (nothing was executed).
+    """
+    prefix = os.fspath(weights)
+    for suffix in (".pdparams", ".pdopt", ".pdema"):
+        if prefix.endswith(suffix):
+            prefix = prefix[: -len(suffix)]
+    checked = []
+    for suffix in (".pdparams", ".pdopt", ".pdema"):
+        if os.path.isfile(prefix + suffix):
+            safe_load(prefix + suffix)
+            checked.append(prefix + suffix)
+    return checked
 
 
 def sanitize(src: str | os.PathLike, dst: str | os.PathLike) -> dict:

@@ -23,6 +23,7 @@ import yaml
 from ppdet_ghm.builder import load_config
 from ppdet_ghm.engine.checkpoint_io import find_latest_checkpoint
 from ppdet_ghm.engine.coco_eval import CocoBoxResults, evaluate_detections
+from ppdet_ghm.engine.safe_load import ensure_safe
 from ppdet_ghm.engine.trainer import GHMTrainer, load_model_weights, log_to_file
 from ppdet_ghm.engine.visualize import draw_detections
 
@@ -118,6 +119,8 @@ def train(
         if resume:
             trainer.resume_weights(resume)
         elif cfg.get("pretrain_weights"):
+            if "://" not in str(cfg.pretrain_weights):  # ppdet loads it with paddle.load
+                ensure_safe(cfg.pretrain_weights)
             trainer.load_weights(cfg.pretrain_weights)
         trainer.train(validate=validate)
     return trainer
