@@ -155,6 +155,7 @@ def main(argv=None):
     parser.add_argument("--loop-repeats", type=int, default=3, help="for the slow loop contenders")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-mmdet", action="store_true")
+    parser.add_argument("--no-loop", action="store_true", help="skip the per-bin loop port")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--scale", type=float, default=1.0, help="multiply every anchor count (a quick check: 0.05)"
@@ -202,9 +203,10 @@ def main(argv=None):
             ),
             args.repeats,
         )
-        row["loop"] = median_ms(
-            paddle_step(GHMCLoop(bins=30, momentum=0.75), batches), args.loop_repeats
-        )
+        if not args.no_loop:
+            row["loop"] = median_ms(
+                paddle_step(GHMCLoop(bins=30, momentum=0.75), batches), args.loop_repeats
+            )
         if mmdet_losses is not None:
             row["mmdet"] = median_ms(
                 torch_step(mmdet_losses[0](bins=30, momentum=0.75), batches), args.loop_repeats
@@ -220,9 +222,10 @@ def main(argv=None):
             paddle_step(lambda x, t, w: F.smooth_l1_loss(x, t, reduction="sum"), batches),
             args.repeats,
         )
-        row["loop"] = median_ms(
-            paddle_step(GHMRLoop(mu=0.02, bins=10, momentum=0.7), batches), args.loop_repeats
-        )
+        if not args.no_loop:
+            row["loop"] = median_ms(
+                paddle_step(GHMRLoop(mu=0.02, bins=10, momentum=0.7), batches), args.loop_repeats
+            )
         if mmdet_losses is not None:
             row["mmdet"] = median_ms(
                 torch_step(mmdet_losses[1](mu=0.02, bins=10, momentum=0.7), batches),
@@ -275,7 +278,8 @@ def _table(rows, which):
     )
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        ours, loop, plain = row["ours"][which], row["loop"][which], row["plain"][which]
+        ours, plain = row["ours"][which], row["plain"][which]
+        loop = row["loop"][which] if "loop" in row else None
         mmdet = row["mmdet"][which] if "mmdet" in row else None
         cells = [
             row["case"],
