@@ -201,15 +201,27 @@ def judge(args, torch_log, paddle_log):
             rel=args.loss_rel,
         ),
     ]
+    # In float32 the gradients are informational: float32 rounding alone, amplified by GHM-R's
+    # slope 1/mu at d = 0, moves them past 1e-6 in the reference itself (align/README.md); the
+    # float64 run of this step gates them at the same thresholds.
+    gating = args.dtype == "float64"
     for name in SELECTED:
         checks.append(
             report.Check(
-                f"grad {name}", rf"it\d+\.grad\.{name}", "mean_abs", mean_abs=args.grad_mean_abs
+                f"grad {name}",
+                rf"it\d+\.grad\.{name}",
+                "mean_abs",
+                mean_abs=args.grad_mean_abs,
+                gating=gating,
             )
         )
     checks += [
         report.Check(
-            "grad L2 norm of every parameter", r"it\d+\.grad_norms", "relative", rel=args.norm_rel
+            "grad L2 norm of every parameter",
+            r"it\d+\.grad_norms",
+            "relative",
+            rel=args.norm_rel,
+            gating=gating,
         ),
         report.Check(
             "GHM-C acc_sum after each iteration",
