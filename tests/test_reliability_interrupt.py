@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from ppdet_ghm.builder import load_config
 from ppdet_ghm.data.demo_data import DemoDataSpec, generate
 from ppdet_ghm.engine import tasks
 from ppdet_ghm.engine.checkpoint_io import find_latest_checkpoint, read_meta
-from ppdet_ghm.engine.interrupt import TrainingInterrupted
+from ppdet_ghm.engine.interrupt import TrainingInterrupted, signals_blocked
 from ppdet_ghm.engine.safe_load import safe_load
 from ppdet_ghm.engine.trainer import GHMTrainer
 
@@ -141,17 +142,43 @@ def test_a_signal_in_the_last_step_of_an_epoch_lets_the_epoch_end_first(straight
     _assert_resumed_run_ends_equal(straight, out, start=4)
 
 
-def test_a_second_signal_stops_at_once(straight):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_sigint_stops_at_once_a_second_sigterm_does_not(straight, signum):
     root, config, overrides, _ = straight
     cfg = load_config(config, overrides)
     tasks.setup_runtime(cfg, threads=1, seed=0)
-    trainer = GHMTrainer(cfg, "train", output_dir=str(root / "twice"))
-    for callback in (_SignalAt(trainer, 0), _SignalAt(trainer, 0)):
+    out = root / f"twice_{signum}"
+    trainer = GHMTrainer(cfg, "train", output_dir=str(out))
+    for callback in (_SignalAt(trainer, 0, signum), _SignalAt(trainer, 0, signum)):
         trainer._callbacks.append(callback)
         trainer._compose_callback._callbacks.append(callback)
-    with pytest.raises(KeyboardInterrupt, match="second SIGINT: stopping now"):
-        trainer.train()
-    assert not list(Path(trainer.output_dir).glob("*.pdparams"))
+    if signum == signal.SIGINT:
+        with pytest.raises(KeyboardInterrupt, match="second SIGINT: stopping now"):
+            trainer.train()
+        assert not list(out.glob("*.pdparams"))
+    else:  # paddle.distributed.launch sends SIGTERM up to 3 times, 0.2 s apart
+        with pytest.raises(TrainingInterrupted) as info:
+            trainer.train()
+        assert (info.value.iteration, info.value.exit_status) == (2, 143)
+        assert find_latest_checkpoint(out) == str(out / "iter_2")
+
+
+def test_signals_blocked_keeps_them_from_children_and_delivers_them_after():
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        with signals_blocked():
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # to this thread
+            assert received == [] and signal.SIGTERM in signal.sigpending()
+            child = subprocess.run(  # a process started here inherits the mask
+                [sys.executable, "-c", "import signal; print(signal.pthread_sigmask(0, []))"],
+                capture_output=True,
+                text=True,
+            )
+        assert received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert "SIGTERM" in child.stdout and "SIGINT" in child.stdout
 
 
 def test_sigterm_to_the_cli_writes_a_checkpoint_and_resume_auto_ends_equal(straight):

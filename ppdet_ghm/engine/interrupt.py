@@ -6,8 +6,10 @@ iteration (after the optimizer and LR steps, so the state is consistent) every r
 flag (all-reduced: the ranks stop at the same iteration), rank 0 writes the checkpoint
 ``iter_<N>`` (``N`` iterations done; atomic, see :mod:`ppdet_ghm.engine.checkpoint_io`), and
 training stops with :class:`TrainingInterrupted` (the command line exits with 128 + the signal
-number: 130 for SIGINT, 143 for SIGTERM). A second signal while the first is pending stops at
-once (``KeyboardInterrupt``) without a checkpoint.
+number: 130 for SIGINT, 143 for SIGTERM). A second SIGINT (Ctrl-C twice) while the first signal is
+pending stops at once (``KeyboardInterrupt``) without a checkpoint; repeated SIGTERMs are ignored
+(``paddle.distributed.launch`` sends each rank SIGTERM up to three times, 0.2 s apart, then waits
+30 s before it kills them; SIGKILL is the way to stop at once).
 
 The checkpoint's ``.meta.json`` holds ``step``, the batches of the interrupted epoch already
 trained on. Resuming from it (``-r auto`` picks it when it is the latest) continues inside that
@@ -33,7 +35,30 @@ from ppdet_ghm.engine.checkpoint_io import save_checkpoint, write_meta
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InterruptCheckpointer", "TrainingInterrupted"]
+__all__ = ["InterruptCheckpointer", "TrainingInterrupted", "signals_blocked"]
+
+_HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def signals_blocked(signals: tuple[int, ...] = _HANDLED):
+    """Within the block, ``signals`` are blocked in the calling thread; processes it forks
+    (DataLoader workers) inherit the mask and never see them. Pending signals are delivered
+    when the block ends.
+
+    ``paddle.distributed.launch`` sends SIGTERM to each rank's whole process group and Ctrl-C
+    sends SIGINT to the terminal's: a DataLoader worker that died of it would make Paddle raise
+    ``DataLoader process ... is killed by signal`` in the middle of the iteration, before the
+    checkpoint is written. The workers are stopped by their parent instead.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class TrainingInterrupted(Exception):
@@ -66,7 +91,7 @@ class InterruptCheckpointer(Callback):
         self,
         trainer,
         save_dir: str,
-        signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+        signals: tuple[int, ...] = _HANDLED,
     ):
         super().__init__(trainer)
         self.save_dir = save_dir
@@ -79,11 +104,15 @@ class InterruptCheckpointer(Callback):
     # --- signals ---------------------------------------------------------------------------
     def _handle(self, signum, frame):
         if self.requested is not None:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping now")
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping now")
+            name = signal.Signals(signum).name
+            logger.info("%s received again: still stopping after this iteration", name)
+            return
         self.requested = signum
         logger.warning(
-            "%s received: stopping after this iteration with a checkpoint (send it again to "
-            "stop at once)",
+            "%s received: stopping after this iteration with a checkpoint (a second SIGINT "
+            "stops at once, without one)",
             signal.Signals(signum).name,
         )
 
