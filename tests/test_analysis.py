@@ -508,3 +508,25 @@ def test_subtitle_wraps_at_field_separators():
     )
     assert _wrap_fields(text, 200) == text
     assert _wrap_fields("a very long field", 6) == "a very\nlong\nfield"
+
+
+def test_figure_settings_come_from_the_models_losses_then_the_arguments():
+    import argparse
+    import types
+
+    from ppdet_ghm.analysis.plot_gradients import _loss_settings
+    from ppdet_ghm.losses import GHMCLoss, GHMRLoss
+    from ppdet_ghm.modeling import BetaSmoothL1Loss, SigmoidFocalLoss
+
+    none = argparse.Namespace(bins=None, focal_gamma=None, focal_alpha=None, sl1_beta=None, mu=None)
+    ghm = types.SimpleNamespace(loss_cls=GHMCLoss(bins=20), loss_bbox=GHMRLoss(mu=0.05, bins=7))
+    s = _loss_settings(ghm, none)
+    assert (s["bins"], s["mu"], s["ghmr_bins"]) == (20, 0.05, 7)
+    assert (s["focal_gamma"], s["focal_alpha"], s["sl1_beta"]) == (2.0, 0.25, 0.11)
+    base = types.SimpleNamespace(
+        loss_cls=SigmoidFocalLoss(gamma=1.5, alpha=0.3), loss_bbox=BetaSmoothL1Loss(beta=0.05)
+    )
+    s = _loss_settings(base, none)
+    assert (s["bins"], s["focal_gamma"], s["focal_alpha"], s["sl1_beta"]) == (30, 1.5, 0.3, 0.05)
+    s = _loss_settings(base, argparse.Namespace(**{**vars(none), "bins": 12, "focal_alpha": 0.5}))
+    assert (s["bins"], s["focal_alpha"]) == (12, 0.5)
