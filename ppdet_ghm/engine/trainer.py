@@ -121,7 +121,13 @@ def restore_ppdet_console() -> int:
 
 @contextlib.contextmanager
 def quiet_console(level: int = logging.WARNING):
-    """Within the block, ppdet's console handlers show only records of ``level`` and above."""
+    """Within the block the console shows only log records of ``level`` and above (ppdet's
+    handlers, and ppdet_ghm's records, which otherwise reach the root logger's handler) and no
+    ``print`` output of ppdet / pycocotools (stdout is swallowed; tqdm bars go to stderr).
+    Log files (:func:`log_to_file`) still get everything."""
+    import io
+    import sys
+
     handlers = [
         handler
         for item in _package_loggers()
@@ -131,9 +137,18 @@ def quiet_console(level: int = logging.WARNING):
     old = [handler.level for handler in handlers]
     for handler in handlers:
         handler.setLevel(level)
+    ours = logging.getLogger("ppdet_ghm")
+    warnings_handler = logging.StreamHandler(sys.stderr)
+    warnings_handler.setLevel(level)
+    old_propagate = ours.propagate
+    ours.propagate = False
+    ours.addHandler(warnings_handler)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
+        ours.removeHandler(warnings_handler)
+        ours.propagate = old_propagate
         for handler, value in zip(handlers, old, strict=True):
             handler.setLevel(value)
 
