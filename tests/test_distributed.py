@@ -13,8 +13,10 @@ shows both: the synchronised histogram is the same on both ranks, the other one 
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ import pytest
 from engine_tiny import TINY_CONFIG
 
 from ppdet_ghm.data.demo_data import DemoDataSpec, generate
+from ppdet_ghm.engine.checkpoint_io import find_latest_checkpoint, read_meta
 from ppdet_ghm.engine.safe_load import safe_load
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,3 +112,47 @@ def test_checkpoints_are_written_once_by_rank_0_and_hold_its_state(run):
         "iteration": 4,
         "data_seed": 0,
     }
+
+
+def test_sigterm_to_the_launcher_stops_both_ranks_at_one_checkpoint(tmp_path):
+    """The user's command (scripts/main.py under the launcher), DataLoader workers on: the
+    launcher sends SIGTERM to each rank's process group (workers included) up to 3 times; both
+    ranks stop after the same iteration and rank 0 writes one resumable checkpoint."""
+    data = tmp_path / "data"
+    generate(SPEC, data)
+    (tmp_path / "tiny.yml").write_text(TINY_CONFIG)
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env.update(OMP_NUM_THREADS="1", CPU_NUM="1", GLOG_minloglevel="2")
+    log_dir, out = tmp_path / "log", tmp_path / "out"
+    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2"]
+    command += ["--log_dir", str(log_dir), str(REPO / "scripts" / "main.py")]
+    command += ["train", "-c", str(tmp_path / "tiny.yml"), "--output_dir", str(out)]
+    command += ["--seed", "0", "--threads", "1", "-o", "epoch=20", "worker_num=2"]
+    command += [f"{name}.dataset_dir={data}" for name in ("TrainDataset", "EvalDataset")]
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 180
+        log0 = log_dir / "workerlog.0"
+        while not (log0.is_file() and "Epoch: [0] [0/2]" in log0.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, "no first iteration"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    logs = [(log_dir / f"workerlog.{r}").read_text() for r in range(2)]
+    latest = find_latest_checkpoint(out)
+    assert latest is not None and Path(latest).name.startswith("iter_"), logs[0][-2000:]
+    done = read_meta(latest)["iteration"]
+    assert 1 <= done < 40
+    for log in logs:
+        assert f"ppdet-ghm train: interrupted by SIGTERM after {done} iteration(s)" in log, log
+        assert "killed by signal" not in log
+    assert sorted(p.name for p in out.glob("iter_*")) == [
+        f"iter_{done}.meta.json",
+        f"iter_{done}.pdopt",
+        f"iter_{done}.pdparams",
+    ]

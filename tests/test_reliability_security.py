@@ -158,3 +158,16 @@ def test_cli_train_with_malicious_pretrain_weights_refuses_them(tmp_path, capsys
     assert cli.main(argv) == 1
     assert "pretrain.pdparams: refused: the file calls posix.system" in capsys.readouterr().err
     assert not marker.exists()
+
+
+def test_resume_checks_the_optimizer_state_before_ppdet_loads_it(tmp_path, capsys):
+    config, overrides = make_tiny(tmp_path)
+    state = build_model(config, overrides).state_dict()
+    paddle.save(state, str(tmp_path / "ckpt.pdparams"))
+    marker = tmp_path / "pwned"
+    _malicious(tmp_path / "ckpt.pdopt", _System(f"touch {marker}"))
+    argv = ["train", "-c", config, "--output_dir", str(tmp_path / "out"), "-r"]
+    argv += [str(tmp_path / "ckpt"), "-o", *(f"{k}={v}" for k, v in overrides.items())]
+    assert cli.main(argv) == 1
+    assert "ckpt.pdopt: refused: the file calls posix.system" in capsys.readouterr().err
+    assert not marker.exists()

@@ -45,8 +45,8 @@ from ppdet.engine.callbacks import Callback, Checkpointer
 from ppdet_ghm.data.validation import DataChecks, checked_dataset
 from ppdet_ghm.engine.checkpoint_io import atomic_ppdet_saves, write_meta
 from ppdet_ghm.engine.guards import NonFiniteGuard
-from ppdet_ghm.engine.interrupt import InterruptCheckpointer
-from ppdet_ghm.engine.safe_load import safe_load
+from ppdet_ghm.engine.interrupt import InterruptCheckpointer, signals_blocked
+from ppdet_ghm.engine.safe_load import ensure_safe, safe_load
 
 logger = logging.getLogger(__name__)
 
@@ -275,7 +275,8 @@ class EpochSeededLoader:
         random.seed(seed)
         self.epoch += 1
         skip, self.skip_batches = self.skip_batches, 0
-        iterator = iter(self.reader.dataloader)
+        with signals_blocked():  # workers must outlive SIGINT/SIGTERM (interrupt checkpoints)
+            iterator = iter(self.reader.dataloader)
         try:
             for index, batch in enumerate(iterator):
                 if index >= skip:
@@ -432,6 +433,7 @@ class GHMTrainer(Trainer):
         """Resume from checkpoint ``weights`` (path without suffix): model, GHM ``acc_sum``,
         optimizer, LR schedule position (ppdet), then the data pipeline's epoch (and the step
         inside it for an interrupt checkpoint). Raises ValueError when the weights do not fit."""
+        ensure_safe(weights)  # before ppdet's paddle.load (docs/security.md)
         path = weights + ".pdparams"
         if os.path.isfile(path):  # ppdet's loader would skip mismatched shapes with a warning
             check_weights_fit(self.model.state_dict(), safe_load(path), path)
