@@ -5,8 +5,6 @@ Skipped cleanly where torch / mmdet are not installed (CI).
 """
 
 import collections
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -32,25 +30,14 @@ pytest.importorskip("mmengine")
 GHM_CONFIG = "configs/ghm/retinanet_r50_fpn_ghm-1x_coco.py"
 
 
-class _MmcvExtStandIn(types.ModuleType):
-    """``mmcv._ext`` for mmcv-lite: every compiled op exists (import succeeds) and raises if called."""
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-
-        def op(*args, **kwargs):
-            raise NotImplementedError(f"mmcv._ext.{name} is not available in mmcv-lite")
-
-        return op
-
-
 @pytest.fixture(scope="module")
 def mmdet_model():
     """mmdet RetinaNet-GHM R50-FPN with every BN given random statistics and affine, eval mode."""
     import os
 
-    sys.modules.setdefault("mmcv._ext", _MmcvExtStandIn("mmcv._ext"))
+    from align.torch_ref import install_mmcv_ext_stand_in
+
+    install_mmcv_ext_stand_in()
     import mmdet
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules

@@ -4,9 +4,6 @@ Five calls with momentum, the same module objects throughout (as the reference c
 FPN level): loss, gradient wrt the prediction and acc_sum after every call.
 """
 
-import sys
-import types
-
 import numpy as np
 import paddle
 import pytest
@@ -17,16 +14,9 @@ pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")
 
 
-class _NoCompiledOps(types.ModuleType):
-    """``mmcv._ext`` stand-in: mmcv-lite has no compiled ops and the GHM losses need none."""
+from align.torch_ref import install_mmcv_ext_stand_in  # noqa: E402
 
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return None
-
-
-sys.modules.setdefault("mmcv._ext", _NoCompiledOps("mmcv._ext"))
+install_mmcv_ext_stand_in()
 ghm_loss = pytest.importorskip("mmdet.models.losses.ghm_loss")
 
 RTOL = 1e-6

@@ -2,8 +2,6 @@
 per-level losses, detections). Needs torch + mmdet: skipped cleanly without them."""
 
 import os
-import sys
-import types
 
 import numpy as np
 import paddle
@@ -16,44 +14,10 @@ pytest.importorskip("mmdet")
 pytest.importorskip("mmengine")
 
 
-def _greedy_nms(boxes, scores, iou_threshold, offset=0):
-    """mmcv's CPU nms in torch: visit by descending score, suppress IoU > threshold."""
-    if boxes.numel() == 0:
-        return boxes.new_empty((0,), dtype=torch.long)
-    x1, y1, x2, y2 = boxes.unbind(1)
-    areas = (x2 - x1 + offset) * (y2 - y1 + offset)
-    order = scores.sort(0, descending=True)[1]
-    keep = torch.ones(len(order), dtype=torch.bool)
-    for pos in range(len(order)):
-        if not keep[pos]:
-            continue
-        i, rest = order[pos], order[pos + 1 :]
-        w = (torch.minimum(x2[i], x2[rest]) - torch.maximum(x1[i], x1[rest]) + offset).clamp(min=0)
-        h = (torch.minimum(y2[i], y2[rest]) - torch.maximum(y1[i], y1[rest]) + offset).clamp(min=0)
-        inter = w * h
-        keep[pos + 1 :] &= ~(inter / (areas[i] + areas[rest] - inter) > iou_threshold)
-    return order[keep]
+from align.torch_ref import install_mmcv_ext_stand_in  # noqa: E402
 
+install_mmcv_ext_stand_in()
 
-class _ExtStandIn(types.ModuleType):
-    """``mmcv._ext`` for mmcv-lite: nms in torch, every other compiled op raises."""
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-
-        def missing(*args, **kwargs):
-            raise NotImplementedError(f"mmcv._ext.{name} is not available in mmcv-lite")
-
-        return missing
-
-    @staticmethod
-    def nms(boxes, scores, iou_threshold, offset=0):
-        return _greedy_nms(boxes, scores, iou_threshold, offset)
-
-
-if "mmcv._ext" not in sys.modules:
-    sys.modules["mmcv._ext"] = _ExtStandIn("mmcv._ext")
 
 from mmengine.config import Config  # noqa: E402
 from mmengine.structures import InstanceData  # noqa: E402
