@@ -347,7 +347,9 @@ _COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ppdet-ghm`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="[%(asctime)s] %(name)s %(levelname)s: %(message)s",

@@ -57,3 +57,59 @@ def test_restore_ppdet_console_repoints_stringio_handlers():
         assert handler.stream is sys.stdout
     finally:
         logger.removeHandler(handler)
+
+
+def test_comparison_table_has_one_row_per_config_in_percent():
+    from ppdet_ghm.engine.demo import format_comparison
+
+    record = {
+        "config_name": "demo",
+        "losses": "GHMCLoss + GHMRLoss",
+        "stats": {"AP": 0.4012, "AP50": 0.7, "AP75": 0.41, "APs": 0.2, "APm": 0.5, "APl": 0.6},
+        "timings_s": {"train": 450.0},
+    }
+    table = format_comparison([record, {**record, "config_name": "demo_focal"}]).splitlines()
+    assert table[0] == "| config | loss | AP | AP50 | AP75 | APs | APm | APl | train time |"
+    assert table[2] == (
+        "| `demo` | GHMCLoss + GHMRLoss | 40.1 | 70.0 | 41.0 | 20.0 | 50.0 | 60.0 | 7.5 min |"
+    )
+    assert len(table) == 4 and table[3].startswith("| `demo_focal` |")
+
+
+def test_demo_and_focal_configs_differ_only_in_the_losses():
+    from ppdet_ghm.builder import load_config
+    from ppdet_ghm.engine.demo import default_config
+
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if hasattr(value, "__dict__"):  # objects built by YAML tags (!CosineDecay ...)
+            return {"type": type(value).__name__, **plain(vars(value))}
+        return value
+
+    def flat(config):
+        cfg = load_config(config)
+        head = dict(cfg["GHMRetinaHead"])
+        losses = {k: dict(head.pop(k)) for k in ("loss_cls", "loss_bbox")}
+        keep = {
+            k: plain(v)
+            for k, v in cfg.items()
+            if k in ("epoch", "LearningRate", "OptimizerBuilder", "TrainReader", "EvalReader",
+                     "RetinaNet", "CSPDarkNet", "RetinaFPN", "worker_num", "snapshot_epoch")
+        }  # fmt: skip
+        keep["GHMRetinaHead"] = plain(head)
+        return keep, losses
+
+    ghm, ghm_losses = flat(default_config("demo.yml"))
+    focal, focal_losses = flat(default_config("demo_focal.yml"))
+    assert ghm == focal
+    assert ghm_losses["loss_cls"]["name"] == "GHMCLoss"
+    assert ghm_losses["loss_bbox"] == {
+        "name": "GHMRLoss", "mu": 0.02, "bins": 10, "momentum": 0.7, "loss_weight": 10.0
+    }  # fmt: skip
+    assert focal_losses == {
+        "loss_cls": {"name": "SigmoidFocalLoss", "gamma": 2.0, "alpha": 0.25, "loss_weight": 1.0},
+        "loss_bbox": {"name": "BetaSmoothL1Loss", "beta": 0.11, "loss_weight": 1.0},
+    }

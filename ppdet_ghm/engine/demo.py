@@ -15,12 +15,13 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import time
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_arguments", "default_config", "run"]
+__all__ = ["add_arguments", "default_config", "format_comparison", "run", "run_one"]
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,6 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="CPU threads (default: all available)"
     )
     parser.add_argument("--num-pictures", type=int, default=8, help="val images drawn (8)")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="run configs/demo.yml (GHM) and configs/demo_focal.yml (Focal + Smooth L1) and "
+        "write the comparison table to <output-dir>/comparison.md",
+    )
     return parser
 
 
@@ -91,9 +98,47 @@ def _step(number: int, total: int, text: str):
     print(f"\n[{number}/{total}] {text}", flush=True)
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Run the demo; returns ``{"stats", "per_class_ap", "timings", "paths"}`` (also written to
-    ``<output-dir>/<config name>/results.json``)."""
+STAT_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def format_comparison(records: list[dict]) -> str:
+    """A Markdown table of the demo results of several configs (one row per config)."""
+    lines = [
+        "| config | loss | " + " | ".join(STAT_COLUMNS) + " | train time |",
+        "|---|---|" + "---|" * len(STAT_COLUMNS) + "---|",
+    ]
+    for record in records:
+        stats = " | ".join(f"{100 * record['stats'][k]:.1f}" for k in STAT_COLUMNS)
+        minutes = record["timings_s"]["train"] / 60
+        lines.append(
+            f"| `{record['config_name']}` | {record['losses']} | {stats} | {minutes:.1f} min |"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Run the demo for ``--config`` (default configs/demo.yml) or, with ``--compare``, for
+    configs/demo.yml and configs/demo_focal.yml on the same data, then write and print the
+    comparison table (``<output-dir>/comparison.md``). Returns the results records."""
+    if not getattr(args, "compare", False):
+        return [run_one(args, args.config or default_config())]
+    if args.config:
+        raise ValueError("demo --compare runs configs/demo.yml and demo_focal.yml: drop -c")
+    records = [run_one(args, default_config(name)) for name in ("demo.yml", "demo_focal.yml")]
+    table = format_comparison(records)
+    path = Path(args.output_dir) / "comparison.md"
+    command = "python -m ppdet_ghm " + shlex.join(getattr(args, "argv", ["demo", "--compare"]))
+    path.write_text(
+        "Box AP (%) on the demo val set, same data, schedule and seed; command:\n\n"
+        f"    {command.strip()}\n\n{table}\n"
+    )
+    print(f"\n{table}\n\n(written to {path})")
+    return records
+
+
+def run_one(args: argparse.Namespace, config: str) -> dict:
+    """The demo for one config; returns ``{"stats", "per_class_ap", "timings_s", "paths", ...}``
+    (also written to ``<output-dir>/<config name>/results.json``)."""
     from tqdm import tqdm
 
     from ppdet_ghm.builder import load_config
@@ -105,7 +150,6 @@ def run(args: argparse.Namespace) -> dict:
     from ppdet_ghm.engine.visualize import image_grid
 
     started = time.time()
-    config = args.config or default_config()
     data_dir = Path(args.data_dir)
     overrides = {
         "TrainDataset.dataset_dir": str(data_dir),
@@ -125,6 +169,7 @@ def run(args: argparse.Namespace) -> dict:
         f"threads\nconfig {config}; outputs in {out}"
     )
     timings = {}
+    cpu = {}
 
     # 1. data
     spec = DemoDataSpec(
@@ -153,7 +198,7 @@ def run(args: argparse.Namespace) -> dict:
     epochs = int(cfg.epoch)
     batch = int(cfg.TrainReader["batch_size"])
     _step(2, steps, f"train: {epochs} epochs, batch {batch}, random init (log: {train_dir})")
-    tic = time.time()
+    tic, cpu_tic = time.time(), time.process_time()
     with quiet_console():
         tasks.train(
             config,
@@ -164,6 +209,7 @@ def run(args: argparse.Namespace) -> dict:
             threads=threads,
         )
     timings["train"] = time.time() - tic
+    cpu["train"] = time.process_time() - cpu_tic
     weights = str(train_dir / "model_final")
     print(f"      done in {_fmt_seconds(timings['train'])}: {weights}.pdparams")
 
@@ -221,10 +267,14 @@ def run(args: argparse.Namespace) -> dict:
     }
     record = {
         "config": config,
+        "config_name": name,
+        "losses": f"{cfg['GHMRetinaHead']['loss_cls']['name']} + "
+        f"{cfg['GHMRetinaHead']['loss_bbox']['name']}",
         "overrides": {k: str(v) for k, v in overrides.items()},
         "stats": results.stats,
         "per_class_ap": results.per_class_ap,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "train_cpu_s": round(cpu["train"], 1),
         "threads": threads,
         "paths": paths,
     }
