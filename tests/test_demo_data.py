@@ -146,6 +146,7 @@ def test_validate_names_a_missing_image(tmp_path):
         ({"max_size": 300}, "does not fit"),
         ({"empty_ratio": 1.5}, "empty_ratio"),
         ({"max_objects": 0}, "max_objects"),
+        ({"size_mix": (0.0, 0.0, 0.0)}, "size_mix"),
     ],
 )
 def test_bad_specs_raise(kwargs, message):
@@ -159,3 +160,22 @@ def test_png_output_is_lossless(tmp_path):
     expected, _ = draw_image(spec, "train", 1)
     with Image.open(tmp_path / "train" / "000001.png") as image:
         np.testing.assert_array_equal(np.asarray(image), np.asarray(expected))
+
+
+def test_size_mix_follows_cocos_ranges():
+    spec = DemoDataSpec()
+    rng = np.random.default_rng(0)
+    sides = np.asarray([demo_data._object_side(rng, spec) for _ in range(5000)])
+    assert sides.min() >= 8 and sides.max() <= 128
+    shares = [np.mean(sides < 32), np.mean((sides >= 32) & (sides < 96)), np.mean(sides >= 96)]
+    np.testing.assert_allclose(shares, [0.4, 0.4, 0.2], atol=0.03)  # binomial std < 0.007
+    # log-uniform inside a range: as many small sides in 8-16 as in 16-32
+    small = sides[sides < 32]
+    assert abs(np.mean(small < 16) - 0.5) < 0.05
+
+
+def test_size_mix_drops_ranges_outside_min_max():
+    spec = DemoDataSpec(seed=0, num_train=1, num_val=0, min_size=40, max_size=60, image_size=96)
+    rng = np.random.default_rng(0)
+    sides = [demo_data._object_side(rng, spec) for _ in range(200)]
+    assert min(sides) >= 40 and max(sides) <= 60

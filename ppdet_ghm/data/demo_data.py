@@ -13,8 +13,9 @@ id  name  shape                   colour (hue jittered, lightness/saturation var
 
 What makes it a detection problem with the hard/easy imbalance GHM targets:
 
-- object sizes (the longer bbox side) are log-uniform in ``[min_size, max_size]`` px (8 to 128 by
-  default), so small objects are common;
+- object sizes (the longer bbox side) from ``min_size`` to ``max_size`` px (8 to 128 by default),
+  40 % small, 40 % medium, 20 % large in COCO's area ranges (COCO val2017: 41 / 34 / 24 %), so
+  every range of APs / APm / APl is populated;
 - several objects per image (up to ``max_objects``), overlapping (pairwise IoU up to
   ``max_iou``, later shapes drawn over earlier ones), and a share of images (``empty_ratio``)
   without any object;
@@ -85,7 +86,9 @@ class DemoDataSpec:
         seed: base seed; image ``i`` of split ``s`` uses ``default_rng([seed, s, i])``.
         num_train / num_val: number of images per split.
         image_size: images are ``image_size x image_size`` pixels, RGB.
-        min_size / max_size: range of an object's longer bbox side, in pixels (log-uniform).
+        min_size / max_size: range of an object's longer bbox side, in pixels.
+        size_mix: shares of small / medium / large objects (COCO's ranges: longer side below 32,
+            32-96, above 96 px; COCO val2017 has about 41 / 34 / 24 %), log-uniform within each.
         max_objects: objects per non-empty image are uniform in ``1 .. max_objects``.
         empty_ratio: probability that an image has no object (clutter only).
         max_iou: the largest IoU allowed between two objects of one image (and a shape drawn
@@ -101,6 +104,7 @@ class DemoDataSpec:
     image_size: int = 256
     min_size: int = 8
     max_size: int = 128
+    size_mix: tuple[float, float, float] = (0.4, 0.4, 0.2)
     max_objects: int = 8
     empty_ratio: float = 0.1
     max_iou: float = 0.3
@@ -124,6 +128,8 @@ class DemoDataSpec:
             )
         if not 0.0 <= self.empty_ratio <= 1.0:
             raise ValueError(f"empty_ratio={self.empty_ratio} must be in [0, 1]")
+        if len(self.size_mix) != 3 or min(self.size_mix) < 0 or sum(self.size_mix) <= 0:
+            raise ValueError(f"size_mix={self.size_mix} must be 3 non-negative shares, not all 0")
         if self.max_objects < 1:
             raise ValueError(f"max_objects={self.max_objects} must be >= 1")
         if self.num_train < 0 or self.num_val < 0:
@@ -221,6 +227,23 @@ def _distractor_mask(size: int, rng: np.random.Generator, min_size: int, max_siz
     return mask
 
 
+# COCO's area ranges (small < 32^2 <= medium < 96^2 <= large) as ranges of the longer side
+_SIZE_RANGES = ((0, 32), (32, 96), (96, 10**6))
+
+
+def _object_side(rng: np.random.Generator, spec: DemoDataSpec) -> int:
+    """Longer side of an object: a size range drawn with ``spec.size_mix`` (small / medium /
+    large, clipped to ``[min_size, max_size]``; empty ranges dropped), log-uniform inside it."""
+    ranges, weights = [], []
+    for (lo, hi), weight in zip(_SIZE_RANGES, spec.size_mix, strict=True):
+        lo, hi = max(lo, spec.min_size), min(hi, spec.max_size + 1)
+        if lo < hi and weight > 0:
+            ranges.append((lo, hi))
+            weights.append(weight)
+    lo, hi = ranges[int(rng.choice(len(ranges), p=np.asarray(weights) / sum(weights)))]
+    return min(spec.max_size, int(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+
+
 def _intersection(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
     iw = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     ih = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
@@ -258,11 +281,10 @@ def draw_image(spec: DemoDataSpec, split: str, index: int) -> tuple[Image.Image,
     objects: list[DemoObject] = []
     if rng.uniform() >= spec.empty_ratio:
         num_objects = int(rng.integers(1, spec.max_objects + 1))
-        log_lo, log_hi = math.log(spec.min_size), math.log(spec.max_size + 1)
         for _ in range(num_objects):
             for _attempt in range(20):  # rejection sampling on the overlap limit
                 category_id = int(rng.integers(1, len(CATEGORIES) + 1))
-                side = min(spec.max_size, int(math.exp(rng.uniform(log_lo, log_hi))))
+                side = _object_side(rng, spec)
                 x0 = int(rng.integers(0, size - side + 1))
                 y0 = int(rng.integers(0, size - side + 1))
                 mask = _shape_mask(size, category_id, x0, y0, side, rng)

@@ -89,7 +89,7 @@ def _data_is_current(data_dir: Path, spec) -> bool:
             info = json.loads(path.read_text()).get("info", {})
         except json.JSONDecodeError:
             return False
-        if info.get("spec") != dataclasses.asdict(spec):
+        if info.get("spec") != json.loads(json.dumps(dataclasses.asdict(spec))):
             return False
     return True
 
