@@ -109,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
         "output folder (none: start anew)",
     )
     p.add_argument("--use_vdl", action="store_true", help="log to VisualDL (<output_dir>/vdl)")
+    p.add_argument(
+        "--ghm_log_interval",
+        type=int,
+        default=None,
+        metavar="K",
+        help="every K iterations, log each FPN level's GHM bin counts and acc_sum to train.log "
+        "(and VisualDL with --use_vdl); the config key ghm_log_interval",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed Paddle, NumPy and Python")
     p.add_argument("--progress", action="store_true", help="progress bar")
 
@@ -183,9 +191,12 @@ def _print_results(results, out_dir: str | None = None):
 def _cmd_train(args) -> int:
     from ppdet_ghm.engine import tasks
 
+    overrides = parse_overrides(args.opt)
+    if args.ghm_log_interval is not None:
+        overrides = {**(overrides or {}), "ghm_log_interval": args.ghm_log_interval}
     trainer = tasks.train(
         args.config,
-        overrides=parse_overrides(args.opt),
+        overrides=overrides,
         output_dir=args.output_dir,
         validate=args.eval,
         resume=args.resume,

@@ -414,6 +414,13 @@ class GHMTrainer(Trainer):
                 self, str(cfg.get("nonfinite", "stop")), checkpoint_dir=self.output_dir
             )
             callbacks += [self.guard, self.interrupts]
+            ghm_log_interval = int(cfg.get("ghm_log_interval", 0))
+            if ghm_log_interval > 0:  # per-level GHM bin counts and acc_sum (issue [I])
+                from ppdet_ghm.analysis.ghm_monitor import GHMMonitor
+
+                callbacks.append(
+                    GHMMonitor(self, interval=ghm_log_interval, vdl_log_dir=cfg.get("vdl_log_dir"))
+                )
         if progress:
             callbacks.append(ProgressBar(self))
         self._callbacks = []
