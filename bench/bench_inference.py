@@ -1,14 +1,21 @@
 """Inference per image: mmdet eager (torch) against ours in dygraph and as an exported predictor.
 
-All three include post-processing (score threshold 0.05, top 1000 per level, class-aware NMS 0.5,
-100 per image) and rescaling; batch 1, same weights and image. The reference's NMS is the pure-torch
-greedy NMS of ``align.torch_ref`` (mmcv-lite has no compiled ops); with the seeded weights only a
-few hundred candidates reach NMS, so it is a small part of the time (see BENCHMARKS.md).
+Every variant includes post-processing (score threshold 0.05, top 1000 per level, class-aware NMS
+0.5, 100 per image) and rescaling; batch 1, same weights and image. The reference's NMS is the
+pure-torch greedy NMS of ``align.torch_ref`` (mmcv-lite has no compiled ops); its time is reported
+separately (``NMS stand-in``).
 
-The exported model is written once per run by a separate worker (``paddle.jit.to_static`` with
-``full_graph=True`` + ``paddle.jit.save``), then loaded by ``paddle.inference`` with oneDNN off
-(``ppdet_ghm.compat.inference_config``) and ``set_cpu_math_library_num_threads(threads)``; the
-predictor's timing includes copying the inputs in and the detections out.
+Our variants (``--modes``):
+
+- ``eager``: the dygraph model;
+- ``predictor``: exported once per run by a separate worker (``paddle.jit.to_static`` with
+  ``full_graph=True`` + ``paddle.jit.save``), run by ``paddle.inference`` with
+  ``ppdet_ghm.compat.inference_config`` (oneDNN off) and ``set_cpu_math_library_num_threads``;
+- ``predictor-onednn`` (a proposed fix, not the shipped model): exported with the FPN's
+  ``nearest_interp`` replaced by an exact expand-and-crop upsampling
+  (``bench.paddle_side.fpn_upsampling_by_expand``), which lets the predictor run with oneDNN on.
+
+The predictors' timings include copying the inputs in and the detections out.
 
     python -m bench.bench_inference                      # 800x1333, 2 threads
     python -m bench.bench_inference --cases b1_512 --repeats 3
@@ -24,7 +31,21 @@ import time
 from bench import common, inputs
 
 SCRIPT = "bench_inference"
-MODES = ("eager", "export", "predictor")
+OUR_MODES = ("eager", "predictor", "predictor-onednn")
+EXPORTS = {"predictor": "export", "predictor-onednn": "export-expand"}
+MODES = ("eager", "export", "export-expand", "predictor", "predictor-onednn")
+LABELS = {
+    ("torch", "eager"): "mmdet eager (torch)",
+    ("paddle", "eager"): "ours dygraph",
+    ("paddle", "predictor"): "ours exported predictor",
+    ("paddle", "predictor-onednn"): "ours exported predictor + oneDNN (proposed FPN fix)",
+}
+
+
+def _export_path(export_dir, mode):
+    """Folder of the exported model that ``mode`` writes (export*) or reads (predictor*)."""
+    expand = mode in ("export-expand", "predictor-onednn")
+    return os.path.join(export_dir, "expand" if expand else "plain")
 
 
 def worker(args):
@@ -33,17 +54,27 @@ def worker(args):
         from bench import torch_side as side
     else:
         from bench import paddle_side as side
-    if args.mode == "export":
+    if args.mode.startswith("export"):
         model = side.build(args.seed)
+        out = _export_path(args.export_dir, args.mode)
         start = time.perf_counter()
-        side.export(model, args.export_dir)
+        if args.mode == "export-expand":
+            with side.fpn_upsampling_by_expand():
+                side.export(model, out)
+        else:
+            side.export(model, out)
         return {
             "export_s": time.perf_counter() - start,
             "peak_rss_mib": common.process_peak_rss_mib(),
         }
     batch = inputs.make_batch(args.case)
-    if args.mode == "predictor":
-        step = side.predictor_step(args.export_dir, batch, args.threads)
+    if args.mode.startswith("predictor"):
+        step = side.predictor_step(
+            _export_path(args.export_dir, args.mode),
+            batch,
+            args.threads,
+            onednn=args.mode == "predictor-onednn",
+        )
     else:
         step = side.infer_step(side.build(args.seed), batch)
     nms_timer = common.SectionTimer()
@@ -62,32 +93,61 @@ def worker(args):
 
 
 def _measurements(args):
-    """(key, side, mode) of every worker to run, in order."""
+    """(key, side, mode) of every worker to run in one round, in order."""
     plan = []
-    if "paddle" in args.sides and "predictor" in args.modes:
-        plan.append(("export", "paddle", "export"))
+    if "paddle" in args.sides:
+        plan += [("export", "paddle", EXPORTS[m]) for m in args.modes if m in EXPORTS]
     for case in args.cases:
         if "torch" in args.sides:
             plan.append((case, "torch", "eager"))
         if "paddle" in args.sides:
-            for mode in ("eager", "predictor"):
-                if mode in args.modes:
-                    plan.append((case, "paddle", mode))
+            plan += [(case, "paddle", mode) for mode in args.modes]
     return plan
+
+
+def _run(args, export_dir):
+    plan = _measurements(args)
+    rounds = {}
+    for round_index in range(args.rounds):
+        for key, side, mode in plan:
+            if mode.startswith("export") and round_index > 0:
+                continue
+            worker_args = ["--side", side, "--mode", mode, "--export-dir", export_dir]
+            worker_args += ["--seed", args.seed, "--warmup", args.warmup]
+            worker_args += ["--repeats", args.repeats]
+            if not mode.startswith("export"):
+                worker_args += ["--case", key]
+            load = common.load_average()
+            tag = f"[{SCRIPT}] {key} / {side} {mode} round {round_index + 1}/{args.rounds}"
+            print(f"{tag} (load {load}) ...", file=sys.stderr)
+            res = common.run_worker(SCRIPT, worker_args, args.threads)
+            res["load_before"] = load
+            rounds.setdefault((key, f"{side}:{mode}"), []).append(res)
+            if "error" in res:
+                summary = res["error"]
+            elif "median_s" in res:
+                summary = (
+                    f"median {res['median_s'] * 1000:.0f} ms "
+                    f"(CPU {res['median_cpu_s'] * 1000:.0f} ms)"
+                )
+            else:
+                summary = f"export {res['export_s']:.1f} s"
+            print(f"{tag}: {summary}", file=sys.stderr)
+    return {key: common.merge_rounds(res) for key, res in rounds.items()}
 
 
 def main(argv=None):
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--case", help=argparse.SUPPRESS)  # worker only
     parser.add_argument("--mode", choices=MODES, default="eager", help=argparse.SUPPRESS)
-    parser.add_argument("--export-dir", default=None, help="keep the exported model here")
+    parser.add_argument("--export-dir", default=None, help="keep the exported models here")
     parser.add_argument("--cases", nargs="+", choices=sorted(inputs.CASES), default=["b1_800x1333"])
     parser.add_argument(
         "--modes",
         nargs="+",
-        choices=("eager", "predictor"),
-        default=["eager", "predictor"],
-        help="our side: dygraph and/or the exported predictor",
+        choices=OUR_MODES,
+        default=list(OUR_MODES),
+        help="our variants (see the module docstring)",
     )
     args = parser.parse_args(argv)
     if args.seed is None:
@@ -100,72 +160,54 @@ def main(argv=None):
 
     export_dir = args.export_dir or tempfile.mkdtemp(prefix="ppdet_ghm_bench_export_")
     os.makedirs(export_dir, exist_ok=True)
-    plan = _measurements(args)
-    rounds = {}
     try:
-        for round_index in range(args.rounds):
-            for key, side, mode in plan:
-                if mode == "export" and round_index > 0:
-                    continue
-                worker_args = ["--side", side, "--mode", mode, "--export-dir", export_dir]
-                worker_args += ["--seed", args.seed, "--warmup", args.warmup]
-                worker_args += ["--repeats", args.repeats]
-                if mode != "export":
-                    worker_args += ["--case", key]
-                load = common.load_average()
-                tag = f"[{SCRIPT}] {key} / {side} {mode} round {round_index + 1}/{args.rounds}"
-                print(f"{tag} (load {load}) ...", file=sys.stderr)
-                res = common.run_worker(SCRIPT, worker_args, args.threads)
-                res["load_before"] = load
-                rounds.setdefault((key, f"{side}-{mode}"), []).append(res)
-                if "error" in res:
-                    summary = res["error"]
-                elif "median_s" in res:
-                    summary = f"median {res['median_s'] * 1000:.0f} ms"
-                else:
-                    summary = f"export {res['export_s']:.1f} s"
-                print(f"{tag}: {summary}", file=sys.stderr)
+        results = _run(args, export_dir)
     finally:
         if args.export_dir is None:
             shutil.rmtree(export_dir, ignore_errors=True)
-    results = {key: common.merge_rounds(res) for key, res in rounds.items()}
 
     header = [
         "case",
-        "mmdet eager ms (NMS stand-in ms)",
-        "ours dygraph ms",
-        "dygraph ours/ref",
-        "ours predictor ms",
-        "predictor ours/ref",
-        "CPU ms mmdet / dygraph / predictor",
-        "peak RSS MiB mmdet / dygraph / predictor",
-        "detections mmdet / dygraph / predictor",
+        "implementation",
+        "median ms",
+        "ours/ref",
+        "CPU ms",
+        "CPU ours/ref",
+        "peak RSS MiB",
+        "RSS ours/ref",
+        "detections",
     ]
     rows = []
     for case in args.cases:
-        ref = results.get((case, "torch-eager"), {})
-        dyg = results.get((case, "paddle-eager"), {})
-        pred = results.get((case, "paddle-predictor"), {})
-        rows.append(
-            [
-                case,
-                f"{common.fmt_ms(ref.get('median_s'))} ({common.fmt_ms(ref.get('nms_s'))})",
-                common.fmt_ms(dyg.get("median_s")),
-                common.fmt_ratio(dyg.get("median_s"), ref.get("median_s")),
-                common.fmt_ms(pred.get("median_s")),
-                common.fmt_ratio(pred.get("median_s"), ref.get("median_s")),
-                " / ".join(common.fmt_ms(r.get("median_cpu_s")) for r in (ref, dyg, pred)),
-                " / ".join(common.fmt_mib(r.get("peak_rss_mib")) for r in (ref, dyg, pred)),
-                " / ".join(str(r.get("detections", "-")) for r in (ref, dyg, pred)),
-            ]
-        )
+        ref = results.get((case, "torch:eager"), {})
+        variants = [("torch", "eager")] * ("torch" in args.sides)
+        variants += [("paddle", m) for m in args.modes] * ("paddle" in args.sides)
+        for side, mode in variants:
+            res = results.get((case, f"{side}:{mode}"), {})
+            label = LABELS[(side, mode)]
+            if side == "torch" and res.get("nms_s") is not None:
+                label += f", of which NMS stand-in {common.fmt_ms(res['nms_s'])} ms"
+            rows.append(
+                [
+                    case,
+                    label,
+                    common.fmt_ms(res.get("median_s")),
+                    common.fmt_ratio(res.get("median_s"), ref.get("median_s")),
+                    common.fmt_ms(res.get("median_cpu_s")),
+                    common.fmt_ratio(res.get("median_cpu_s"), ref.get("median_cpu_s")),
+                    common.fmt_mib(res.get("peak_rss_mib")),
+                    common.fmt_ratio(res.get("peak_rss_mib"), ref.get("peak_rss_mib")),
+                    str(res.get("detections", "-")),
+                ]
+            )
     notes = []
-    export = results.get(("export", "paddle-export"))
-    if export and "export_s" in export:
-        notes.append(
-            f"export (to_static + jit.save): {export['export_s']:.1f} s, "
-            f"peak RSS {export['peak_rss_mib']:.0f} MiB"
-        )
+    for mode in ("export", "export-expand"):
+        export = results.get(("export", f"paddle:{mode}"))
+        if export and "export_s" in export:
+            notes.append(
+                f"{mode} (to_static + jit.save): {export['export_s']:.1f} s, "
+                f"peak RSS {export['peak_rss_mib']:.0f} MiB"
+            )
     return common.finish(SCRIPT, args, header, rows, results, notes)
 
 

@@ -163,6 +163,52 @@ def _dy2static_zip_with_strict():
         convert_operators.convert_zip = convert_call_func.convert_zip = original
 
 
+def upsample_nearest_by_expand(x, size):
+    """Nearest upsampling of [N, C, H, W] ``x`` to ``size`` (each side 2H or 2H - 1, ...) without
+    ``nearest_interp``: repeat every pixel 2x2 (unsqueeze, expand, reshape), crop to ``size``.
+
+    Equal to ``F.interpolate(x, size=size, mode="nearest")`` whenever each output side is twice
+    the input's or one less (so for every FPN level above a stride-2 level: ceil(s / 2) in, s out).
+    """
+    import paddle
+
+    # ints in dygraph; under to_static the dynamic dims must come from paddle.shape
+    n, c, h, w = x.shape if paddle.in_dynamic_mode() else paddle.shape(x)
+    up = x.unsqueeze([3, 5]).expand([n, c, h, 2, w, 2]).reshape([n, c, 2 * h, 2 * w])
+    return up[:, :, : size[0], : size[1]]
+
+
+@contextlib.contextmanager
+def fpn_upsampling_by_expand():
+    """Within the block, our FPN upsamples with :func:`upsample_nearest_by_expand` (proposed fix).
+
+    Paddle 3.3.1's oneDNN predictor cannot run the exported ``nearest_interp`` op
+    (``ConvertPirAttribute2RuntimeAttribute not support [pir::ArrayAttribute<pir::DoubleAttribute>]``),
+    which is why ``compat.inference_config`` disables oneDNN. Traced with this upsampling instead,
+    the exported model runs on the oneDNN predictor with the same detections. The patch replaces
+    the ``F`` that ``ppdet_ghm.modeling.fpn`` sees, in this process only.
+    """
+    import types
+
+    import paddle.nn.functional as F
+
+    from ppdet_ghm.modeling import fpn
+
+    def interpolate(x, size=None, mode="nearest", **options):
+        if mode != "nearest" or size is None or options:
+            raise ValueError("the expand upsampling replaces only interpolate(x, size, 'nearest')")
+        return upsample_nearest_by_expand(x, size)
+
+    namespace = {k: getattr(F, k) for k in dir(F) if not k.startswith("__")}
+    namespace["interpolate"] = interpolate
+    original = fpn.F
+    fpn.F = types.SimpleNamespace(**namespace)
+    try:
+        yield
+    finally:
+        fpn.F = original
+
+
 def export(model, out_dir: str):
     """Export ``model`` for inference (``to_static`` with ``full_graph=True``, ``jit.save``).
 
@@ -186,10 +232,12 @@ def export(model, out_dir: str):
     return out_dir
 
 
-def predictor_step(model_dir: str, batch, threads: int):
-    """A closure: the exported model through ``paddle.inference`` (oneDNN off, see compat).
+def predictor_step(model_dir: str, batch, threads: int, onednn: bool = False):
+    """A closure: the exported model through ``paddle.inference``.
 
-    Each call copies the inputs in, runs, and copies the detections out (what a deployment does).
+    ``ppdet_ghm.compat.inference_config`` (oneDNN off); with ``onednn`` oneDNN is switched back
+    on (needs a model exported under :func:`fpn_upsampling_by_expand`). Each call copies the
+    inputs in, runs, and copies the detections out (what a deployment does).
     """
     from paddle import inference
 
@@ -197,6 +245,8 @@ def predictor_step(model_dir: str, batch, threads: int):
 
     config = inference_config(model_dir)
     config.set_cpu_math_library_num_threads(threads)
+    if onednn:
+        config.enable_mkldnn()
     config.disable_glog_info()
     predictor = inference.create_predictor(config)
     n = len(batch["images"])
