@@ -150,6 +150,8 @@ def main(argv=None):
         help="our variants (see the module docstring)",
     )
     args = parser.parse_args(argv)
+    if "paddle-fix" in args.sides:
+        parser.error("for the proposed inference fix use --modes predictor-onednn")
     if args.seed is None:
         from align.weights import DEFAULT_SEED
 

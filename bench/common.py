@@ -34,8 +34,19 @@ DEFAULT_THREADS = 2
 DEFAULT_WARMUP = 2
 DEFAULT_REPEATS = 5
 RESULT_PREFIX = "BENCH_RESULT "
-SIDES = ("torch", "paddle")
-SIDE_LABELS = {"torch": "mmdet 3.3.0 (torch)", "paddle": "ours (Paddle)"}
+SIDES = ("torch", "paddle", "paddle-fix")
+SIDE_LABELS = {
+    "torch": "mmdet 3.3.0 (torch)",
+    "paddle": "ours (Paddle)",
+    "paddle-fix": "ours + proposed fix (Paddle)",
+}
+
+
+def framework(side: str):
+    """'torch' or 'paddle': the framework a side runs on."""
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    return "torch" if side == "torch" else "paddle"
 
 
 # --- threads -------------------------------------------------------------------------------------
@@ -53,16 +64,14 @@ def thread_env(threads: int):
 
 def set_framework_threads(side: str, threads: int):
     """Intra-op threads of the framework of ``side`` (after the environment set them for OpenMP)."""
-    if side == "torch":
+    if framework(side) == "torch":
         import torch
 
         torch.set_num_threads(threads)
-    elif side == "paddle":
+    else:
         import paddle
 
         paddle.base.core.set_num_threads(threads)
-    else:
-        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
 
 
 # --- timing and memory ---------------------------------------------------------------------------
@@ -221,8 +230,9 @@ def base_parser(description: str):
         "--sides",
         nargs="+",
         choices=SIDES,
-        default=list(SIDES),
-        help="which implementations to run",
+        default=["torch", "paddle"],
+        help="which implementations to run (paddle-fix: ours with a proposed fix, where the "
+        "benchmark has one)",
     )
     parser.add_argument("--seed", type=int, default=None, help="weight seed (align.weights)")
     parser.add_argument("--json", default=None, help="also write every result to this JSON file")

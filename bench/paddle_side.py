@@ -44,6 +44,45 @@ def build(seed: int, config: str = CONFIG):
     return model
 
 
+def _conv2d_with_3d_bias(self, x):
+    """``nn.Conv2D.forward`` adding the bias as [C, 1, 1] instead of Paddle's [1, C, 1, 1]."""
+    import paddle.nn.functional as F
+
+    out = F.conv2d(
+        x,
+        self.weight,
+        None,
+        self._stride,
+        self._padding,
+        self._dilation,
+        self._groups,
+        self._data_format,
+    )
+    return out + self.bias.reshape([-1, 1, 1])
+
+
+def use_3d_conv_bias(model):
+    """Proposed fix (in this process only): biased NCHW convs add their bias as [C, 1, 1].
+
+    Paddle's ``F.conv2d`` adds the bias reshaped to [1, C, 1, 1]; on CPU that broadcast ``add``
+    takes ~150 ms on a [2, 256, 128, 128] map where the same add with a [C, 1, 1] bias takes
+    ~34 ms (and 360 vs 92 ms forward + backward), with bit-identical results. Parameters and
+    their names are unchanged. Returns the number of layers changed.
+    """
+    import types
+
+    from paddle import nn
+
+    count = 0
+    for layer in model.sublayers():
+        if isinstance(layer, nn.Conv2D) and layer.bias is not None:
+            if layer._data_format != "NCHW" or layer._padding_mode != "zeros":
+                continue
+            layer.forward = types.MethodType(_conv2d_with_3d_bias, layer)
+            count += 1
+    return count
+
+
 def input_dict(batch, with_gt: bool):
     """ppdet's input dict for ``batch`` (a fresh dict: the architecture keeps a reference)."""
     import paddle
