@@ -11,7 +11,6 @@ torch's ``clip_grad_norm_`` + ``SGD(weight_decay)``), ``step``, ``clear_grad``.
 """
 
 import contextlib
-import inspect
 import os
 
 import numpy as np
@@ -176,32 +175,6 @@ def infer_step(model, batch):
     return step
 
 
-@contextlib.contextmanager
-def _dy2static_zip_with_strict():
-    """Within the block, ``to_static`` accepts ``zip(..., strict=True)``.
-
-    Paddle 3.3.1's dy2static replaces ``zip`` by ``convert_zip(*args)``, which has no ``strict``
-    keyword, so tracing code that uses ``zip(strict=True)`` (ours) raises ``TypeError``. The
-    shim keeps Paddle's check and passes ``strict`` on; it does nothing when Paddle accepts it.
-    """
-    from paddle.jit.dy2static import convert_call_func, convert_operators
-
-    original = convert_operators.convert_zip
-    if "strict" in inspect.signature(original).parameters:
-        yield
-        return
-
-    def convert_zip(*args, strict=False):
-        original(*args)  # Paddle's check of dynamic leading dimensions
-        return zip(*args, strict=strict)
-
-    convert_operators.convert_zip = convert_call_func.convert_zip = convert_zip
-    try:
-        yield
-    finally:
-        convert_operators.convert_zip = convert_call_func.convert_zip = original
-
-
 def upsample_nearest_by_expand(x, size):
     """Nearest upsampling of [N, C, H, W] ``x`` to ``size`` (each side 2H or 2H - 1, ...) without
     ``nearest_interp``: repeat every pixel 2x2 (unsqueeze, expand, reshape), crop to ``size``.
@@ -265,9 +238,8 @@ def export(model, out_dir: str):
             "scale_factor": InputSpec([None, 2], "float32", "scale_factor"),
         }
     ]
-    with _dy2static_zip_with_strict():
-        static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
-        paddle.jit.save(static, os.path.join(out_dir, "model"))
+    static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
+    paddle.jit.save(static, os.path.join(out_dir, "model"))
     return out_dir
 
 
