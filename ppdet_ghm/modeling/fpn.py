@@ -13,6 +13,8 @@ from paddle.nn.initializer import Constant, XavierUniform
 from ppdet.core.workspace import register, serializable
 from ppdet.modeling.shape_spec import ShapeSpec
 
+from ppdet_ghm.modeling.layers import ChannelBiasConv2D, upsample_nearest
+
 __all__ = ["RetinaFPN"]
 
 _EXTRA_SOURCES = ("input", "lateral", "output")
@@ -20,7 +22,7 @@ _EXTRA_SOURCES = ("input", "lateral", "output")
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
     """Conv2D with bias, Xavier-uniform weights and zero bias (mmdet FPN init)."""
-    return nn.Conv2D(
+    return ChannelBiasConv2D(
         in_channels,
         out_channels,
         kernel_size,
@@ -110,9 +112,7 @@ class RetinaFPN(nn.Layer):
         laterals = [conv(body_feats[i]) for i, conv in enumerate(self.lateral_convs)]
         for i in range(len(laterals) - 1, 0, -1):
             size = _spatial_size(laterals[i - 1])
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(
-                laterals[i], size=size, mode="nearest"
-            )
+            laterals[i - 1] = laterals[i - 1] + upsample_nearest(laterals[i], size)
         outs = [self.fpn_convs[i](lat) for i, lat in enumerate(laterals)]
         num_levels = len(laterals)
         if self.num_extra_levels > 0:
