@@ -18,8 +18,9 @@ defaults to
 Paddle 3 (PIR) rejects the     ``ppdet.modeling.ops.multiclass_nms`` calls
 legacy static branch of        ``paddle._C_ops.multiclass_nms3`` in both modes
 ``multiclass_nms``
-Paddle 3.3.1 predictor fails   :func:`inference_config` disables oneDNN (used by our predictor)
-with oneDNN on RetinaNet
+Paddle 3.3.1 oneDNN predictor  our FPN exports its upsampling without ``nearest_interp``
+cannot run ``nearest_interp``  (``modeling.layers.upsample_nearest``); :func:`inference_config`
+                               disables oneDNN for older exports that contain the op
 =============================  =================================================================
 """
 
@@ -161,12 +162,15 @@ def _fix_multiclass_nms():
     ops.multiclass_nms = multiclass_nms
 
 
-def inference_config(model_dir, model_name="model"):
-    """A ``paddle.inference.Config`` for an exported model with oneDNN off.
+def inference_config(model_dir, model_name="model", use_onednn=True):
+    """A CPU ``paddle.inference.Config`` for ``model_dir/model_name.{json|pdmodel, pdiparams}``.
 
-    The Paddle 3.3.1 CPU predictor fails on the exported RetinaNet with oneDNN (mkldnn) enabled;
-    with it disabled the predictor reproduces the dygraph detections.
+    oneDNN is on unless ``use_onednn=False`` or the program contains a ``nearest_interp`` op:
+    Paddle 3.3.1's oneDNN predictor fails on that op at the first run
+    (``ConvertPirAttribute2RuntimeAttribute not support``). Models exported by this package
+    since ``modeling.layers.upsample_nearest`` do not contain it.
     """
+    import logging
     import os
 
     from paddle import inference
@@ -174,16 +178,33 @@ def inference_config(model_dir, model_name="model"):
     prefix = os.path.join(model_dir, model_name)
     for suffix in (".json", ".pdmodel"):
         if os.path.exists(prefix + suffix):
-            config = inference.Config(prefix + suffix, prefix + ".pdiparams")
+            program = prefix + suffix
             break
     else:
         raise FileNotFoundError(
             f"no exported model in {model_dir!r}: expected {model_name}.json or "
             f"{model_name}.pdmodel beside {model_name}.pdiparams"
         )
+    config = inference.Config(program, prefix + ".pdiparams")
     config.disable_gpu()
-    config.disable_mkldnn()
+    if use_onednn and _has_nearest_interp(program):
+        logging.getLogger(__name__).warning(
+            "%s contains nearest_interp, which Paddle 3.3.1's oneDNN predictor cannot run: "
+            "oneDNN off (re-export with this version of ppdet_ghm to run with oneDNN)",
+            program,
+        )
+        use_onednn = False
+    if use_onednn:
+        config.enable_mkldnn()
+    else:
+        config.disable_mkldnn()
     return config
+
+
+def _has_nearest_interp(program_path) -> bool:
+    """Whether the exported program (PIR JSON or protobuf ``.pdmodel``) has a nearest_interp op."""
+    with open(program_path, "rb") as f:
+        return b"nearest_interp" in f.read()
 
 
 def apply():

@@ -5,8 +5,8 @@
 #   WEIGHTS=output/retinanet_ghm_r50_fpn_1x_coco/model_final bash scripts/export.sh
 #   CONFIG=configs/demo.yml WEIGHTS=demo_output/demo/train/model_final IMAGE=demo_data/val/000000.jpg bash scripts/export.sh
 #
-# The predictor (ppdet_ghm.engine.predictor) runs with oneDNN disabled: the Paddle 3.3.1 CPU
-# predictor fails on the exported RetinaNet with oneDNN on (config.disable_mkldnn()).
+# The predictor (ppdet_ghm.engine.predictor) runs on CPU with oneDNN (compat.inference_config);
+# the export holds no nearest_interp op, which Paddle 3.3.1's oneDNN predictor cannot run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"

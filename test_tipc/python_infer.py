@@ -8,9 +8,8 @@ Paddle's TIPC scripts call the predictor as ::
 This script takes those flags and runs :func:`ppdet_ghm.engine.tasks.predict_exported` (the same as
 ``ppdet-ghm infer --model_dir``): drawn images and ``detections.json`` go to ``--output_dir``
 (default ``<model_dir>/infer``), and one line per image is printed. Unsupported values raise a
-clear error instead of being ignored: ``--enable_mkldnn=True`` (the Paddle 3.3.1 predictor fails
-on the exported RetinaNet with oneDNN, see :mod:`ppdet_ghm.engine.predictor`), ``--batch_size``
-other than 1 (the predictor runs one image at a time) and TensorRT run modes.
+clear error instead of being ignored: ``--batch_size`` other than 1 (the predictor runs one image
+at a time) and TensorRT run modes. ``--enable_mkldnn`` turns oneDNN on or off (CPU only).
 """
 
 from __future__ import annotations
@@ -50,11 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_supported(args: argparse.Namespace) -> None:
     """ValueError naming the first option value this predictor does not implement."""
-    if args.enable_mkldnn:
-        raise ValueError(
-            "--enable_mkldnn=True is not supported: Paddle 3.3.1's predictor fails on the exported "
-            "RetinaNet with oneDNN (see ppdet_ghm.engine.predictor); use --enable_mkldnn=False"
-        )
     if args.batch_size != 1:
         raise ValueError(f"--batch_size={args.batch_size} is not supported: the predictor runs 1")
     if args.run_mode != "paddle":
@@ -82,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         draw_threshold=args.threshold,
         threads=args.cpu_threads,
         use_gpu=args.device == "gpu",
+        use_onednn=args.enable_mkldnn,
     )
     elapsed = time.perf_counter() - start
     per_image = Counter(r["file_name"] for r in records)

@@ -58,13 +58,10 @@ def test_export_writes_the_inference_model(model):
     ]
 
 
-def test_predictor_gives_the_dygraph_detections(model):
+@pytest.fixture(scope="module")
+def dygraph_detections(model):
     root, config, overrides, weights, images = model
-    if not (root / "exported").is_dir():
-        tasks.export(
-            config, weights=weights, overrides=overrides, output_dir=str(root / "exported")
-        )
-    dygraph = tasks.infer(
+    return tasks.infer(
         config,
         images,
         weights=weights,
@@ -72,7 +69,30 @@ def test_predictor_gives_the_dygraph_detections(model):
         output_dir=str(root / "infer_dygraph"),
         threads=1,
     )
-    detector = ExportedDetector(root / "exported", threads=1)
+
+
+def test_exported_program_has_no_nearest_interp(model):
+    """The FPN upsampling is exported as repeat-and-crop: Paddle 3.3.1's oneDNN predictor
+    cannot run nearest_interp."""
+    root, config, overrides, weights, _ = model
+    if not (root / "exported").is_dir():
+        tasks.export(
+            config, weights=weights, overrides=overrides, output_dir=str(root / "exported")
+        )
+    program = next(p for p in (root / "exported").iterdir() if p.suffix in (".json", ".pdmodel"))
+    assert b"nearest_interp" not in program.read_bytes()
+    assert b"conv2d" in program.read_bytes()
+
+
+@pytest.mark.parametrize("use_onednn", [True, False], ids=["onednn", "plain"])
+def test_predictor_gives_the_dygraph_detections(model, dygraph_detections, use_onednn):
+    root, config, overrides, weights, images = model
+    if not (root / "exported").is_dir():
+        tasks.export(
+            config, weights=weights, overrides=overrides, output_dir=str(root / "exported")
+        )
+    dygraph = dygraph_detections
+    detector = ExportedDetector(root / "exported", threads=1, use_onednn=use_onednn)
     total = 0
     for image_id, path in enumerate(images):
         expected = [d for d in dygraph if d["image_id"] == image_id]

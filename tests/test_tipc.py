@@ -56,14 +56,15 @@ def test_lite_chain_every_step_succeeds(lite_chain):
     lines = _results(out)
     assert not [line for line in lines if line.startswith(FAILURE)]
     steps = [line.split(" - ")[2] for line in lines if line.startswith(SUCCESS)]
-    # train, eval, export, then one inference (cpu, oneDNN off, 2 threads, batch 1)
-    assert len(steps) == 4, lines
+    # train, eval, export, then two inferences (cpu, oneDNN on and off, 2 threads, batch 1)
+    assert len(steps) == 5, lines
     assert (
         " train " in steps[0] and "epoch=1" in steps[0] and "TrainReader.batch_size=2" in steps[0]
     )
     assert " eval " in steps[1] and "model_final" in steps[1]
     assert " export " in steps[2]
-    assert "--device=cpu" in steps[3] and "--enable_mkldnn=False" in steps[3]
+    assert "--device=cpu" in steps[3] and "--enable_mkldnn=True" in steps[3]
+    assert "--device=cpu" in steps[4] and "--enable_mkldnn=False" in steps[4]
 
 
 @pytest.mark.slow
@@ -88,8 +89,9 @@ def test_lite_chain_writes_weights_export_and_detections(lite_chain):
         best_dygraph = max(d["score"] for d in dygraph if names[d["image_id"]] == name)
         best_exported = max(d["score"] for d in exported if d["file_name"] == name)
         assert abs(best_exported - best_dygraph) <= 1e-4, (name, best_exported, best_dygraph)
-    infer_log = (out / "python_infer_cpu_usemkldnn_False_threads_2_batchsize_1.log").read_text()
-    assert f"{len(names)} image(s)" in infer_log
+    for onednn in ("True", "False"):
+        log = out / f"python_infer_cpu_usemkldnn_{onednn}_threads_2_batchsize_1.log"
+        assert f"{len(names)} image(s)" in log.read_text()
 
 
 def _write_txt(path: Path, replace: dict[str, str]) -> Path:
@@ -120,7 +122,7 @@ def test_failing_step_is_logged_and_exits_nonzero(tmp_path):
 
 
 def test_failing_inference_after_successful_steps_exits_nonzero(tmp_path):
-    """Every step but inference succeeds (stand-in commands): the script still exits 1."""
+    """Every step but inference (oneDNN on and off) succeeds (stand-ins): the script exits 1."""
     ok = "-c 'import sys; sys.exit(0)'"
     txt = _write_txt(
         tmp_path / "infer_fails.txt",
@@ -142,7 +144,7 @@ def test_failing_inference_after_successful_steps_exits_nonzero(tmp_path):
     chain = _bash("test_tipc/test_train_inference_python.sh", str(txt), MODE, env=_env(out))
     assert chain.returncode == 1, chain.stdout + chain.stderr
     lines = _results(out)
-    assert [line.startswith(SUCCESS) for line in lines] == [True, True, True, False], lines
+    assert [line.startswith(SUCCESS) for line in lines] == [True, True, True, False, False], lines
 
 
 def test_shifted_config_is_refused(tmp_path):

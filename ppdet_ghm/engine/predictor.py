@@ -7,9 +7,11 @@ dygraph reader** (ppdet's ``Decode``, ``Resize``, ``NormalizeImage``, ``Permute`
 zero padding to a multiple of the ``PadStride`` stride), so its detections equal those of the
 dygraph model up to float32 round-off.
 
-oneDNN caveat (Paddle 3.3.1, CPU): the predictor fails on the exported RetinaNet when oneDNN
-(MKL-DNN) is enabled; :func:`ppdet_ghm.compat.inference_config` therefore calls
-``config.disable_mkldnn()``. Keep it disabled when you build your own ``paddle.inference.Config``.
+oneDNN (Paddle 3.3.1, CPU): on by default. Paddle 3.3.1's oneDNN predictor cannot run the
+``nearest_interp`` op, so our FPN exports its upsampling as repeat-and-crop
+(:func:`ppdet_ghm.modeling.layers.upsample_nearest`); :func:`ppdet_ghm.compat.inference_config`
+turns oneDNN off for programs that still contain ``nearest_interp`` (older exports) and when
+``use_onednn=False``.
 """
 
 from __future__ import annotations
@@ -38,13 +40,21 @@ class ExportedDetector:
             ``infer_cfg.yml``).
         threads: CPU math threads (default: the CPUs this process may use).
         use_gpu: run on GPU 0 (needs paddlepaddle-gpu).
+        use_onednn: on CPU, run with oneDNN (default; off for exports with ``nearest_interp``).
 
     Raises:
         FileNotFoundError: no exported model or no ``infer_cfg.yml`` in ``model_dir``.
         ValueError: a preprocessing step of ``infer_cfg.yml`` this predictor does not implement.
     """
 
-    def __init__(self, model_dir: str | os.PathLike, *, threads: int | None = None, use_gpu=False):
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        *,
+        threads: int | None = None,
+        use_gpu: bool = False,
+        use_onednn: bool = True,
+    ):
         from paddle import inference
         from ppdet.data.transform import operators
 
@@ -77,7 +87,7 @@ class ExportedDetector:
             else:
                 self._ops.append(getattr(operators, kind)(**step))
 
-        config = compat.inference_config(model_dir)  # oneDNN off, see the module docstring
+        config = compat.inference_config(model_dir, use_onednn=use_onednn and not use_gpu)
         config.disable_glog_info()
         if use_gpu:
             config.enable_use_gpu(256, 0)

@@ -305,13 +305,15 @@ def predict_exported(
     draw: bool = True,
     threads: int | None = None,
     use_gpu: bool = False,
+    use_onednn: bool = True,
 ) -> list[dict]:
-    """:func:`infer` with an exported model and the Python predictor (oneDNN off, see
-    :mod:`ppdet_ghm.engine.predictor`)."""
+    """:func:`infer` with an exported model and the Python predictor
+    (:class:`~ppdet_ghm.engine.predictor.ExportedDetector`; oneDNN on CPU unless ``use_onednn``
+    is False)."""
     from ppdet_ghm.engine.predictor import ExportedDetector
 
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    detector = ExportedDetector(model_dir, threads=threads, use_gpu=use_gpu)
+    detector = ExportedDetector(model_dir, threads=threads, use_gpu=use_gpu, use_onednn=use_onednn)
     per_image = [(path, detector.predict(path)) for path in images]
     return _write_detections(
         per_image, detector.label_list, detector.category_ids, output_dir, draw_threshold, draw
