@@ -61,8 +61,6 @@ def main(argv=None):
         "--cases", nargs="+", choices=sorted(inputs.CASES), default=["b2_512", "b1_800x1333"]
     )
     args = parser.parse_args(argv)
-    if "paddle-fix" in args.sides:
-        parser.error("the loss part has no convs: no paddle-fix variant")
     if args.seed is None:
         from align.weights import DEFAULT_SEED
 

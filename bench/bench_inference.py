@@ -10,10 +10,9 @@ Our variants (``--modes``):
 - ``eager``: the dygraph model;
 - ``predictor``: exported once per run by a separate worker (``paddle.jit.to_static`` with
   ``full_graph=True`` + ``paddle.jit.save``), run by ``paddle.inference`` with
-  ``ppdet_ghm.compat.inference_config`` (oneDNN off) and ``set_cpu_math_library_num_threads``;
-- ``predictor-onednn`` (a proposed fix, not the shipped model): exported with the FPN's
-  ``nearest_interp`` replaced by an exact expand-and-crop upsampling
-  (``bench.paddle_side.fpn_upsampling_by_expand``), which lets the predictor run with oneDNN on.
+  ``ppdet_ghm.compat.inference_config`` (oneDNN on, as ``ppdet-ghm infer --model_dir``) and
+  ``set_cpu_math_library_num_threads``;
+- ``predictor-plain``: the same exported model with oneDNN off (Paddle's plain CPU kernels).
 
 The predictors' timings include copying the inputs in and the detections out.
 
@@ -31,21 +30,14 @@ import time
 from bench import common, inputs
 
 SCRIPT = "bench_inference"
-OUR_MODES = ("eager", "predictor", "predictor-onednn")
-EXPORTS = {"predictor": "export", "predictor-onednn": "export-expand"}
-MODES = ("eager", "export", "export-expand", "predictor", "predictor-onednn")
+OUR_MODES = ("eager", "predictor", "predictor-plain")
+MODES = ("eager", "export", "predictor", "predictor-plain")
 LABELS = {
     ("torch", "eager"): "mmdet eager (torch)",
     ("paddle", "eager"): "ours dygraph",
-    ("paddle", "predictor"): "ours exported predictor",
-    ("paddle", "predictor-onednn"): "ours exported predictor + oneDNN (proposed FPN fix)",
+    ("paddle", "predictor"): "ours exported predictor (oneDNN)",
+    ("paddle", "predictor-plain"): "ours exported predictor, oneDNN off",
 }
-
-
-def _export_path(export_dir, mode):
-    """Folder of the exported model that ``mode`` writes (export*) or reads (predictor*)."""
-    expand = mode in ("export-expand", "predictor-onednn")
-    return os.path.join(export_dir, "expand" if expand else "plain")
 
 
 def worker(args):
@@ -54,15 +46,10 @@ def worker(args):
         from bench import torch_side as side
     else:
         from bench import paddle_side as side
-    if args.mode.startswith("export"):
+    if args.mode == "export":
         model = side.build(args.seed)
-        out = _export_path(args.export_dir, args.mode)
         start = time.perf_counter()
-        if args.mode == "export-expand":
-            with side.fpn_upsampling_by_expand():
-                side.export(model, out)
-        else:
-            side.export(model, out)
+        side.export(model, args.export_dir)
         return {
             "export_s": time.perf_counter() - start,
             "peak_rss_mib": common.process_peak_rss_mib(),
@@ -70,10 +57,7 @@ def worker(args):
     batch = inputs.make_batch(args.case)
     if args.mode.startswith("predictor"):
         step = side.predictor_step(
-            _export_path(args.export_dir, args.mode),
-            batch,
-            args.threads,
-            onednn=args.mode == "predictor-onednn",
+            args.export_dir, batch, args.threads, onednn=args.mode == "predictor"
         )
     else:
         step = side.infer_step(side.build(args.seed), batch)
@@ -96,7 +80,8 @@ def _measurements(args):
     """(key, side, mode) of every worker to run in one round, in order."""
     plan = []
     if "paddle" in args.sides:
-        plan += [("export", "paddle", EXPORTS[m]) for m in args.modes if m in EXPORTS]
+        if any(mode.startswith("predictor") for mode in args.modes):
+            plan.append(("export", "paddle", "export"))
     for case in args.cases:
         if "torch" in args.sides:
             plan.append((case, "torch", "eager"))
@@ -110,12 +95,12 @@ def _run(args, export_dir):
     rounds = {}
     for round_index in range(args.rounds):
         for key, side, mode in plan:
-            if mode.startswith("export") and round_index > 0:
+            if mode == "export" and round_index > 0:
                 continue
             worker_args = ["--side", side, "--mode", mode, "--export-dir", export_dir]
             worker_args += ["--seed", args.seed, "--warmup", args.warmup]
             worker_args += ["--repeats", args.repeats]
-            if not mode.startswith("export"):
+            if mode != "export":
                 worker_args += ["--case", key]
             load = common.load_average()
             tag = f"[{SCRIPT}] {key} / {side} {mode} round {round_index + 1}/{args.rounds}"
@@ -150,8 +135,6 @@ def main(argv=None):
         help="our variants (see the module docstring)",
     )
     args = parser.parse_args(argv)
-    if "paddle-fix" in args.sides:
-        parser.error("for the proposed inference fix use --modes predictor-onednn")
     if args.seed is None:
         from align.weights import DEFAULT_SEED
 
@@ -203,13 +186,12 @@ def main(argv=None):
                 ]
             )
     notes = []
-    for mode in ("export", "export-expand"):
-        export = results.get(("export", f"paddle:{mode}"))
-        if export and "export_s" in export:
-            notes.append(
-                f"{mode} (to_static + jit.save): {export['export_s']:.1f} s, "
-                f"peak RSS {export['peak_rss_mib']:.0f} MiB"
-            )
+    export = results.get(("export", "paddle:export"))
+    if export and "export_s" in export:
+        notes.append(
+            f"export (to_static + jit.save): {export['export_s']:.1f} s, "
+            f"peak RSS {export['peak_rss_mib']:.0f} MiB"
+        )
     return common.finish(SCRIPT, args, header, rows, results, notes)
 
 

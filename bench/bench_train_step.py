@@ -3,8 +3,6 @@
 One iteration = forward, loss (targets + 5 per-level GHM-C / GHM-R calls), backward, gradient clip
 (global L2 norm 35) and an SGD step with momentum 0.9 and weight decay 1e-4, at lr 0.01 x images / 16
 (linear scaling of the reference's 0.01 for 16 images). BN in eval mode, stage 1 frozen (both).
-``--sides torch paddle paddle-fix`` adds ours with a proposed fix: biased convs add their bias as
-[C, 1, 1] (``bench.paddle_side.use_3d_conv_bias``; Paddle's [1, C, 1, 1] broadcast add is slow).
 
 Cases: ``b2_512`` (2 images of 512x512) and ``b1_800x1333`` (one 800x1333 image). The ``GHM ms``
 columns are the forward time spent inside the GHM loss calls per iteration (forward hooks on the
@@ -34,7 +32,6 @@ def worker(args):
     else:
         from bench import paddle_side as side
     model = side.build(args.seed)
-    fixed_convs = side.use_3d_conv_bias(model) if args.side == "paddle-fix" else None
     side.hook_ghm(model, timer)
     step = side.train_step(model, batch, lr)
     losses = []
@@ -46,8 +43,6 @@ def worker(args):
     res["ghm_forward_s"] = timer.total_s / args.repeats
     res["ghm_calls_per_iter"] = timer.calls / args.repeats
     res["losses"] = losses
-    if fixed_convs is not None:
-        res["fixed_convs"] = fixed_convs
     return res
 
 
@@ -78,18 +73,7 @@ def main(argv=None):
         return 0
     results = common.drive(SCRIPT, args, args.cases)
     header = [*common.COMPARISON_HEADER, "mmdet GHM fwd ms (share)", "ours GHM fwd ms (share)"]
-    if "paddle-fix" in args.sides:
-        header += ["ours + 3-D conv bias (proposed) ms", "fix ours/ref", "fix CPU ours/ref"]
     rows = common.comparison_rows(results, args.cases, extra=_ghm_cells)
-    if "paddle-fix" in args.sides:
-        for row, case in zip(rows, args.cases, strict=True):
-            ref = results.get((case, "torch"), {})
-            fix = results.get((case, "paddle-fix"), {})
-            row += [
-                common.fmt_ms(fix.get("median_s")),
-                common.fmt_ratio(fix.get("median_s"), ref.get("median_s")),
-                common.fmt_ratio(fix.get("median_cpu_s"), ref.get("median_cpu_s")),
-            ]
     return common.finish(SCRIPT, args, header, rows, results)
 
 

@@ -34,11 +34,10 @@ DEFAULT_THREADS = 2
 DEFAULT_WARMUP = 2
 DEFAULT_REPEATS = 5
 RESULT_PREFIX = "BENCH_RESULT "
-SIDES = ("torch", "paddle", "paddle-fix")
+SIDES = ("torch", "paddle")
 SIDE_LABELS = {
     "torch": "mmdet 3.3.0 (torch)",
     "paddle": "ours (Paddle)",
-    "paddle-fix": "ours + proposed fix (Paddle)",
 }
 
 
@@ -231,8 +230,7 @@ def base_parser(description: str):
         nargs="+",
         choices=SIDES,
         default=["torch", "paddle"],
-        help="which implementations to run (paddle-fix: ours with a proposed fix, where the "
-        "benchmark has one)",
+        help="which implementations to run",
     )
     parser.add_argument("--seed", type=int, default=None, help="weight seed (align.weights)")
     parser.add_argument("--json", default=None, help="also write every result to this JSON file")

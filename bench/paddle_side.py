@@ -10,7 +10,6 @@ L2 weight decay 1e-4 and ``ClipGradByGlobalNorm(35)`` (Paddle clips before addin
 torch's ``clip_grad_norm_`` + ``SGD(weight_decay)``), ``step``, ``clear_grad``.
 """
 
-import contextlib
 import os
 
 import numpy as np
@@ -41,45 +40,6 @@ def build(seed: int, config: str = CONFIG):
         raise ValueError(f"weights not loaded: missing {missing}, unexpected {unexpected}")
     model.eval()
     return model
-
-
-def _conv2d_with_3d_bias(self, x):
-    """``nn.Conv2D.forward`` adding the bias as [C, 1, 1] instead of Paddle's [1, C, 1, 1]."""
-    import paddle.nn.functional as F
-
-    out = F.conv2d(
-        x,
-        self.weight,
-        None,
-        self._stride,
-        self._padding,
-        self._dilation,
-        self._groups,
-        self._data_format,
-    )
-    return out + self.bias.reshape([-1, 1, 1])
-
-
-def use_3d_conv_bias(model):
-    """Proposed fix (in this process only): biased NCHW convs add their bias as [C, 1, 1].
-
-    Paddle's ``F.conv2d`` adds the bias reshaped to [1, C, 1, 1]; on CPU that broadcast ``add``
-    takes ~150 ms on a [2, 256, 128, 128] map where the same add with a [C, 1, 1] bias takes
-    ~34 ms (and 360 vs 92 ms forward + backward), with bit-identical results. Parameters and
-    their names are unchanged. Returns the number of layers changed.
-    """
-    import types
-
-    from paddle import nn
-
-    count = 0
-    for layer in model.sublayers():
-        if isinstance(layer, nn.Conv2D) and layer.bias is not None:
-            if layer._data_format != "NCHW" or layer._padding_mode != "zeros":
-                continue
-            layer.forward = types.MethodType(_conv2d_with_3d_bias, layer)
-            count += 1
-    return count
 
 
 def input_dict(batch, with_gt: bool):
@@ -175,52 +135,6 @@ def infer_step(model, batch):
     return step
 
 
-def upsample_nearest_by_expand(x, size):
-    """Nearest upsampling of [N, C, H, W] ``x`` to ``size`` (each side 2H or 2H - 1, ...) without
-    ``nearest_interp``: repeat every pixel 2x2 (unsqueeze, expand, reshape), crop to ``size``.
-
-    Equal to ``F.interpolate(x, size=size, mode="nearest")`` whenever each output side is twice
-    the input's or one less (so for every FPN level above a stride-2 level: ceil(s / 2) in, s out).
-    """
-    import paddle
-
-    # ints in dygraph; under to_static the dynamic dims must come from paddle.shape
-    n, c, h, w = x.shape if paddle.in_dynamic_mode() else paddle.shape(x)
-    up = x.unsqueeze([3, 5]).expand([n, c, h, 2, w, 2]).reshape([n, c, 2 * h, 2 * w])
-    return up[:, :, : size[0], : size[1]]
-
-
-@contextlib.contextmanager
-def fpn_upsampling_by_expand():
-    """Within the block, our FPN upsamples with :func:`upsample_nearest_by_expand` (proposed fix).
-
-    Paddle 3.3.1's oneDNN predictor cannot run the exported ``nearest_interp`` op
-    (``ConvertPirAttribute2RuntimeAttribute not support [pir::ArrayAttribute<pir::DoubleAttribute>]``),
-    which is why ``compat.inference_config`` disables oneDNN. Traced with this upsampling instead,
-    the exported model runs on the oneDNN predictor with the same detections. The patch replaces
-    the ``F`` that ``ppdet_ghm.modeling.fpn`` sees, in this process only.
-    """
-    import types
-
-    import paddle.nn.functional as F
-
-    from ppdet_ghm.modeling import fpn
-
-    def interpolate(x, size=None, mode="nearest", **options):
-        if mode != "nearest" or size is None or options:
-            raise ValueError("the expand upsampling replaces only interpolate(x, size, 'nearest')")
-        return upsample_nearest_by_expand(x, size)
-
-    namespace = {k: getattr(F, k) for k in dir(F) if not k.startswith("__")}
-    namespace["interpolate"] = interpolate
-    original = fpn.F
-    fpn.F = types.SimpleNamespace(**namespace)
-    try:
-        yield
-    finally:
-        fpn.F = original
-
-
 def export(model, out_dir: str):
     """Export ``model`` for inference (``to_static`` with ``full_graph=True``, ``jit.save``).
 
@@ -243,21 +157,18 @@ def export(model, out_dir: str):
     return out_dir
 
 
-def predictor_step(model_dir: str, batch, threads: int, onednn: bool = False):
-    """A closure: the exported model through ``paddle.inference``.
-
-    ``ppdet_ghm.compat.inference_config`` (oneDNN off); with ``onednn`` oneDNN is switched back
-    on (needs a model exported under :func:`fpn_upsampling_by_expand`). Each call copies the
-    inputs in, runs, and copies the detections out (what a deployment does).
+def predictor_step(model_dir: str, batch, threads: int, onednn: bool = True):
+    """A closure: the exported model through ``paddle.inference``, configured by
+    ``ppdet_ghm.compat.inference_config`` (oneDNN on unless ``onednn=False``), as
+    ``ppdet_ghm.engine.predictor`` does. Each call copies the inputs in, runs, and copies the
+    detections out (what a deployment does).
     """
     from paddle import inference
 
     from ppdet_ghm.compat import inference_config
 
-    config = inference_config(model_dir)
+    config = inference_config(model_dir, use_onednn=onednn)
     config.set_cpu_math_library_num_threads(threads)
-    if onednn:
-        config.enable_mkldnn()
     config.disable_glog_info()
     predictor = inference.create_predictor(config)
     n = len(batch["images"])
