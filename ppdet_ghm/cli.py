@@ -366,9 +366,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="[%(asctime)s] %(name)s %(levelname)s: %(message)s",
         datefmt="%m/%d %H:%M:%S",
     )
-    from ppdet_ghm.engine.trainer import restore_ppdet_console
-
-    restore_ppdet_console()
     try:
         return _COMMANDS[args.command](args)
     except _UsageError as err:

@@ -1,14 +1,12 @@
 """``ppdet-ghm demo`` end to end on the tiny config: data, train, eval, picture, summary."""
 
 import json
-import logging
 import os
 
 from engine_tiny import make_tiny
 from PIL import Image
 
 from ppdet_ghm import cli
-from ppdet_ghm.engine.trainer import restore_ppdet_console
 
 
 def test_demo_runs_every_step_and_says_where_everything_went(tmp_path, capsys):
@@ -43,20 +41,6 @@ def test_demo_runs_every_step_and_says_where_everything_went(tmp_path, capsys):
     # a second run finds the data set in place and does not regenerate it
     assert cli.main(argv) == 0
     assert "[1/4] data: " + str(data_dir) + " is there already" in capsys.readouterr().out
-
-
-def test_restore_ppdet_console_repoints_stringio_handlers():
-    import io
-    import sys
-
-    logger = logging.getLogger("ppdet.test_console_dummy")
-    handler = logging.StreamHandler(io.StringIO())
-    logger.addHandler(handler)
-    try:
-        assert restore_ppdet_console() >= 1
-        assert handler.stream is sys.stdout
-    finally:
-        logger.removeHandler(handler)
 
 
 def test_comparison_table_has_one_row_per_config_in_percent():

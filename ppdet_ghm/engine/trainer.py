@@ -60,7 +60,6 @@ __all__ = [
     "load_model_weights",
     "log_to_file",
     "quiet_console",
-    "restore_ppdet_console",
 ]
 
 _LOGGER_PREFIXES = ("ppdet", "ppdet_ghm")
@@ -74,6 +73,21 @@ def _package_loggers() -> list[logging.Logger]:
     return [logging.getLogger(name) for name in sorted(set(names) | set(_LOGGER_PREFIXES))]
 
 
+def _file_log_roots(loggers: list[logging.Logger]) -> list[logging.Logger]:
+    """The loggers among ``loggers`` that no other one of them receives records from by
+    propagation: a handler on each of these sees every record once."""
+    chosen = set(loggers)
+
+    def reaches_another(item: logging.Logger) -> bool:
+        while item.propagate and item.parent is not None:
+            item = item.parent
+            if item in chosen:
+                return True
+        return False
+
+    return [item for item in loggers if not reaches_another(item)]
+
+
 @contextlib.contextmanager
 def log_to_file(path: str | os.PathLike):
     """Within the block, every ppdet / ppdet_ghm log record is also appended to ``path``."""
@@ -83,7 +97,7 @@ def log_to_file(path: str | os.PathLike):
     handler.setFormatter(
         logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s", "%m/%d %H:%M:%S")
     )
-    loggers = _package_loggers()
+    loggers = _file_log_roots(_package_loggers())
     ours = logging.getLogger("ppdet_ghm")
     old_level = ours.level
     if ours.getEffectiveLevel() > logging.INFO:
@@ -97,26 +111,6 @@ def log_to_file(path: str | os.PathLike):
             item.removeHandler(handler)
         ours.setLevel(old_level)
         handler.close()
-
-
-def restore_ppdet_console() -> int:
-    """Point ppdet's console handlers that write into an ``io.StringIO`` back to ``sys.stdout``.
-
-    ppdet creates its loggers' console handlers at import time with the ``sys.stdout`` of that
-    moment; ``ppdet_ghm.compat.import_ppdet_quietly`` imports ppdet under
-    ``redirect_stdout(StringIO())``, so without this every later ppdet log line (training
-    progress, evaluation) would go into that buffer. Returns the number of handlers repaired.
-    """
-    import io
-    import sys
-
-    repaired = 0
-    for item in _package_loggers():
-        for handler in item.handlers:
-            if type(handler) is logging.StreamHandler and isinstance(handler.stream, io.StringIO):
-                handler.setStream(sys.stdout)
-                repaired += 1
-    return repaired
 
 
 @contextlib.contextmanager
