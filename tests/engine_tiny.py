@@ -21,6 +21,7 @@ _BASE_: ['{REPO / "configs" / "demo.yml"}']
 epoch: 2
 snapshot_epoch: 1
 log_iter: 1
+worker_num: 0
 TrainReader:
   sample_transforms:
     - Decode: {{}}

@@ -80,6 +80,44 @@ def test_init_and_state_dict_layout():
     np.testing.assert_allclose(head.retina_reg.weight.numpy().mean(), 0.0, atol=2e-4)
 
 
+def test_group_norm_towers():
+    """norm_groups=G: tower convs lose their bias, each is followed by GroupNorm(G) then ReLU
+    (mmdet ConvModule order); checked against a float64 NumPy tower."""
+    paddle.seed(0)
+    head = make_head(stacked_convs=2, norm_groups=4)
+    keys = set(head.state_dict())
+    assert "cls_convs.0.bias" not in keys and "reg_convs.1.bias" not in keys
+    assert {"cls_norms.0.weight", "cls_norms.1.bias", "reg_norms.0.weight"} <= keys
+    for norm in (head.cls_norms[0], head.cls_norms[1]):  # non-trivial affine parameters
+        norm.weight.set_value(paddle.to_tensor(np.linspace(0.5, 1.5, 8, dtype="float32")))
+        norm.bias.set_value(paddle.to_tensor(np.linspace(-0.2, 0.3, 8, dtype="float32")))
+    x = np.random.default_rng(0).standard_normal((2, 8, 5, 6))
+    got = head._tower(paddle.to_tensor(x.astype("float32")), "cls").numpy()
+
+    def conv3x3(a, w):  # float64 cross-correlation, zero padding 1
+        padded = np.pad(a, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        out = np.zeros((a.shape[0], w.shape[0], *a.shape[2:]))
+        for dy in range(3):
+            for dx in range(3):
+                patch = padded[:, :, dy : dy + a.shape[2], dx : dx + a.shape[3]]
+                out += np.einsum("nchw,oc->nohw", patch, w[:, :, dy, dx])
+        return out
+
+    expected = x
+    for conv, norm in zip(head.cls_convs, head.cls_norms, strict=True):
+        y = conv3x3(expected, conv.weight.numpy().astype(np.float64))
+        groups = y.reshape(2, 4, -1)
+        y = (
+            (groups - groups.mean(-1, keepdims=True))
+            / np.sqrt(groups.var(-1, keepdims=True) + 1e-5)
+        ).reshape(y.shape)
+        y = y * norm.weight.numpy()[:, None, None] + norm.bias.numpy()[:, None, None]
+        expected = np.maximum(y, 0.0)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="norm_groups"):
+        make_head(norm_groups=3)  # does not divide 8 channels
+
+
 @needs_ghm
 def test_ghm_loss_state_is_in_the_state_dict():
     head = make_head(ppdet_ghm.losses.GHMCLoss(bins=30, momentum=0.75), ppdet_ghm.losses.GHMRLoss())

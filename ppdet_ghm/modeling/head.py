@@ -39,19 +39,21 @@ from paddle.nn.initializer import Constant, Normal
 from ppdet.core.workspace import register
 
 from ppdet_ghm.modeling.assigner import NEGATIVE
+from ppdet_ghm.modeling.layers import ChannelBiasConv2D
 
 __all__ = ["GHMRetinaHead"]
 
 
-def _conv3x3(in_channels: int, out_channels: int, bias: float = 0.0):
-    """3x3 conv, Normal(0, 0.01) weights and constant bias (mmdet RetinaHead init)."""
-    return nn.Conv2D(
+def _conv3x3(in_channels: int, out_channels: int, bias: float | None = 0.0):
+    """3x3 conv, Normal(0, 0.01) weights and constant bias (mmdet RetinaHead init); no bias
+    for ``bias=None``."""
+    return ChannelBiasConv2D(
         in_channels,
         out_channels,
         3,
         padding=1,
         weight_attr=ParamAttr(initializer=Normal(mean=0.0, std=0.01)),
-        bias_attr=ParamAttr(initializer=Constant(bias)),
+        bias_attr=False if bias is None else ParamAttr(initializer=Constant(bias)),
     )
 
 
@@ -64,6 +66,9 @@ class GHMRetinaHead(nn.Layer):
         in_channels: channels of the FPN levels, filled from the neck's out_shape.
         feat_channels: channels of the tower convs (256).
         stacked_convs: convs per tower (4).
+        norm_groups: 0 (the reference): tower convs with bias, no normalisation; G > 0: each
+            tower conv without bias, followed by GroupNorm with G groups (mmdet RetinaHead
+            ``norm_cfg=dict(type='GN', num_groups=G)``; for training from scratch, the demo).
         prior_prob: initial foreground probability; ``retina_cls`` bias is
             ``-log((1 - prior_prob) / prior_prob)``.
         pad_size_divisor: images are padded to a multiple of this (the reader's PadBatch
@@ -94,6 +99,7 @@ class GHMRetinaHead(nn.Layer):
         in_channels: int = 256,
         feat_channels: int = 256,
         stacked_convs: int = 4,
+        norm_groups: int = 0,
         prior_prob: float = 0.01,
         pad_size_divisor: int = 32,
         anchor_generator="OctaveAnchorGenerator",
@@ -108,6 +114,10 @@ class GHMRetinaHead(nn.Layer):
             raise ValueError(
                 "need num_classes >= 1, stacked_convs >= 0, pad_size_divisor >= 1, got "
                 f"{num_classes}, {stacked_convs}, {pad_size_divisor}"
+            )
+        if norm_groups < 0 or (norm_groups and feat_channels % norm_groups):
+            raise ValueError(
+                f"norm_groups={norm_groups} must be 0 or divide feat_channels={feat_channels}"
             )
         if not 0.0 < prior_prob < 1.0:
             raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
@@ -134,12 +144,20 @@ class GHMRetinaHead(nn.Layer):
 
         cls_convs, reg_convs = [], []
         channels = in_channels
+        tower_bias = None if norm_groups else 0.0
         for _ in range(stacked_convs):
-            cls_convs.append(_conv3x3(channels, feat_channels))
-            reg_convs.append(_conv3x3(channels, feat_channels))
+            cls_convs.append(_conv3x3(channels, feat_channels, bias=tower_bias))
+            reg_convs.append(_conv3x3(channels, feat_channels, bias=tower_bias))
             channels = feat_channels
         self.cls_convs = nn.LayerList(cls_convs)
         self.reg_convs = nn.LayerList(reg_convs)
+        if norm_groups:  # only then: the reference's parameter names stay as they are
+            self.cls_norms = nn.LayerList(
+                [nn.GroupNorm(norm_groups, feat_channels) for _ in range(stacked_convs)]
+            )
+            self.reg_norms = nn.LayerList(
+                [nn.GroupNorm(norm_groups, feat_channels) for _ in range(stacked_convs)]
+            )
         bias_cls = -math.log((1 - prior_prob) / prior_prob)
         self.retina_cls = _conv3x3(channels, num_anchors * num_classes, bias=bias_cls)
         self.retina_reg = _conv3x3(channels, num_anchors * 4)
@@ -170,19 +188,24 @@ class GHMRetinaHead(nn.Layer):
         """
         cls_logits, bbox_deltas = [], []
         for feat in feats:
-            cls_feat = feat
-            for conv in self.cls_convs:
-                cls_feat = F.relu(conv(cls_feat))
-            reg_feat = feat
-            for conv in self.reg_convs:
-                reg_feat = F.relu(conv(reg_feat))
-            cls_logits.append(self.retina_cls(cls_feat))
-            bbox_deltas.append(self.retina_reg(reg_feat))
+            cls_logits.append(self.retina_cls(self._tower(feat, "cls")))
+            bbox_deltas.append(self.retina_reg(self._tower(feat, "reg")))
         if self.training:
             if targets is None:
                 raise ValueError("GHMRetinaHead in training mode needs the targets (input dict)")
             return self.get_loss((cls_logits, bbox_deltas), targets)
         return cls_logits, bbox_deltas
+
+    def _tower(self, feat, branch: str):
+        """[N, C, H, W] -> [N, feat_channels, H, W]: conv (+ GroupNorm) + ReLU, stacked."""
+        convs = getattr(self, f"{branch}_convs")
+        norms = getattr(self, f"{branch}_norms", None)
+        for i, conv in enumerate(convs):
+            feat = conv(feat)
+            if norms is not None:
+                feat = norms[i](feat)
+            feat = F.relu(feat)
+        return feat
 
     # ------------------------------------------------------------------ training
 
