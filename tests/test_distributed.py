@@ -77,7 +77,7 @@ def test_two_ranks_in_data_parallel_each_on_its_share_of_every_epoch(run):
 def test_parameters_are_identical_on_both_ranks(run):
     _, ranks, (rank0, rank1) = run
     trainable = ranks[0]["trainable"]
-    assert len(trainable) == 123 and trainable == ranks[1]["trainable"]
+    assert len(trainable) == 125 and trainable == ranks[1]["trainable"]
     for name in trainable:
         np.testing.assert_array_equal(rank0[name], rank1[name], err_msg=name)
     # BatchNorm running statistics are per rank (batch statistics of the rank's images; ppdet
