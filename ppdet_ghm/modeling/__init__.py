@@ -11,6 +11,8 @@ module                 registered classes
 ``postprocess``        ``RetinaPostProcessor``: mmdet 3.x test-time filtering + class-aware NMS
 ``baseline_losses``    ``SigmoidFocalLoss``, ``BetaSmoothL1Loss``: the Focal/SmoothL1 baseline
 ``head``               ``GHMRetinaHead``: per-FPN-level losses (the reference's granularity)
+``layers``             (not registered) ``ChannelBiasConv2D``, ``upsample_nearest``: CPU- and
+                       oneDNN-friendly stand-ins with the numbers of the ops they replace
 =====================  ==================================================================
 
 The architecture is ppdet's own ``RetinaNet`` (``backbone``, ``neck``, ``head``).
