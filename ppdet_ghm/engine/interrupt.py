@@ -194,4 +194,12 @@ class InterruptCheckpointer(Callback):
                     "interrupted_by": signal.Signals(signum).name,
                 },
             )
+        # logged before unwinding (DataLoader workers shut down on the way out): a launcher that
+        # kills the process after its grace period still leaves this line in the rank's log
+        logger.warning(
+            "interrupted by %s after %d iteration(s): checkpoint %s is complete",
+            signal.Signals(signum).name,
+            iteration,
+            prefix if paddle.distributed.get_rank() == 0 else f"{prefix} (written by rank 0)",
+        )
         raise TrainingInterrupted(signum, prefix, iteration)
