@@ -102,22 +102,9 @@ def _run(args, export_dir):
             worker_args += ["--repeats", args.repeats]
             if mode != "export":
                 worker_args += ["--case", key]
-            load = common.load_average()
             tag = f"[{SCRIPT}] {key} / {side} {mode} round {round_index + 1}/{args.rounds}"
-            print(f"{tag} (load {load}) ...", file=sys.stderr)
-            res = common.run_worker(SCRIPT, worker_args, args.threads)
-            res["load_before"] = load
+            res = common.run_worker_logged(SCRIPT, tag, worker_args, args.threads)
             rounds.setdefault((key, f"{side}:{mode}"), []).append(res)
-            if "error" in res:
-                summary = res["error"]
-            elif "median_s" in res:
-                summary = (
-                    f"median {res['median_s'] * 1000:.0f} ms "
-                    f"(CPU {res['median_cpu_s'] * 1000:.0f} ms)"
-                )
-            else:
-                summary = f"export {res['export_s']:.1f} s"
-            print(f"{tag}: {summary}", file=sys.stderr)
     return {key: common.merge_rounds(res) for key, res in rounds.items()}
 
 

@@ -35,17 +35,7 @@ DEFAULT_WARMUP = 2
 DEFAULT_REPEATS = 5
 RESULT_PREFIX = "BENCH_RESULT "
 SIDES = ("torch", "paddle")
-SIDE_LABELS = {
-    "torch": "mmdet 3.3.0 (torch)",
-    "paddle": "ours (Paddle)",
-}
-
-
-def framework(side: str):
-    """'torch' or 'paddle': the framework a side runs on."""
-    if side not in SIDES:
-        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
-    return "torch" if side == "torch" else "paddle"
+SIDE_LABELS = {"torch": "mmdet 3.3.0 (torch)", "paddle": "ours (Paddle)"}
 
 
 # --- threads -------------------------------------------------------------------------------------
@@ -63,14 +53,16 @@ def thread_env(threads: int):
 
 def set_framework_threads(side: str, threads: int):
     """Intra-op threads of the framework of ``side`` (after the environment set them for OpenMP)."""
-    if framework(side) == "torch":
+    if side == "torch":
         import torch
 
         torch.set_num_threads(threads)
-    else:
+    elif side == "paddle":
         import paddle
 
         paddle.base.core.set_num_threads(threads)
+    else:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
 
 
 # --- timing and memory ---------------------------------------------------------------------------
@@ -229,7 +221,7 @@ def base_parser(description: str):
         "--sides",
         nargs="+",
         choices=SIDES,
-        default=["torch", "paddle"],
+        default=list(SIDES),
         help="which implementations to run",
     )
     parser.add_argument("--seed", type=int, default=None, help="weight seed (align.weights)")
@@ -374,6 +366,27 @@ def merge_rounds(rounds):
     return merged
 
 
+def run_worker_logged(script: str, tag: str, worker_args, threads: int) -> dict:
+    """:func:`run_worker` with progress on stderr: the load before, then the result (median and
+    peak RSS, the export time, or the error). The result gets ``load_before``."""
+    load = load_average()
+    print(f"{tag} (load {load}) ...", file=sys.stderr)
+    res = run_worker(script, worker_args, threads)
+    res["load_before"] = load
+    if "error" in res:
+        print(f"{tag} FAILED: {res['error']}", file=sys.stderr)
+    elif "median_s" in res:
+        print(
+            f"{tag}: median {res['median_s'] * 1000:.0f} ms "
+            f"(CPU {res['median_cpu_s'] * 1000:.0f} ms), "
+            f"peak RSS {res['peak_rss_mib']:.0f} MiB",
+            file=sys.stderr,
+        )
+    else:
+        print(f"{tag}: export {res['export_s']:.1f} s", file=sys.stderr)
+    return res
+
+
 def drive(script: str, args, cases, extra_worker_args=()):
     """Run one worker per (case, side) and round; returns ``{(case, side): merged result}``.
 
@@ -391,21 +404,8 @@ def drive(script: str, args, cases, extra_worker_args=()):
                 worker_args += ["--repeats", args.repeats, *extra_worker_args]
                 if args.seed is not None:
                     worker_args += ["--seed", args.seed]
-                load = load_average()
                 tag = f"[{script}] {case} / {side} round {round_index + 1}/{args.rounds}"
-                print(f"{tag} (load {load}) ...", file=sys.stderr)
-                res = run_worker(script, worker_args, args.threads)
-                res["load_before"] = load
-                per_side[side].append(res)
-                if "error" in res:
-                    print(f"{tag} FAILED: {res['error']}", file=sys.stderr)
-                else:
-                    print(
-                        f"{tag}: median {res['median_s'] * 1000:.0f} ms "
-                        f"(CPU {res['median_cpu_s'] * 1000:.0f} ms), "
-                        f"peak RSS {res['peak_rss_mib']:.0f} MiB",
-                        file=sys.stderr,
-                    )
+                per_side[side].append(run_worker_logged(script, tag, worker_args, args.threads))
         for side, rounds in per_side.items():
             results[(case, side)] = merge_rounds(rounds)
             results[(case, side)]["round_results"] = rounds
