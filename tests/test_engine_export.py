@@ -38,11 +38,18 @@ def model(tmp_path_factory):
     return root, config, overrides, str(root / "spread"), images
 
 
-def test_export_writes_the_inference_model(model):
+@pytest.fixture(scope="module")
+def exported(model):
+    """The export folder, written once by ``tasks.export`` (returns what it returned)."""
     root, config, overrides, weights, _ = model
-    out = tasks.export(
+    return tasks.export(
         config, weights=weights, overrides=overrides, output_dir=str(root / "exported")
     )
+
+
+def test_export_writes_the_inference_model(model, exported):
+    root = model[0]
+    out = exported
     assert out == str(root / "exported")
     files = set(os.listdir(out))
     assert "model.pdiparams" in files and "infer_cfg.yml" in files
@@ -71,26 +78,18 @@ def dygraph_detections(model):
     )
 
 
-def test_exported_program_has_no_nearest_interp(model):
+def test_exported_program_has_no_nearest_interp(model, exported):
     """The FPN upsampling is exported as repeat-and-crop: Paddle 3.3.1's oneDNN predictor
     cannot run nearest_interp."""
     root, config, overrides, weights, _ = model
-    if not (root / "exported").is_dir():
-        tasks.export(
-            config, weights=weights, overrides=overrides, output_dir=str(root / "exported")
-        )
     program = next(p for p in (root / "exported").iterdir() if p.suffix in (".json", ".pdmodel"))
     assert b"nearest_interp" not in program.read_bytes()
     assert b"conv2d" in program.read_bytes()
 
 
 @pytest.mark.parametrize("use_onednn", [True, False], ids=["onednn", "plain"])
-def test_predictor_gives_the_dygraph_detections(model, dygraph_detections, use_onednn):
+def test_predictor_gives_the_dygraph_detections(model, exported, dygraph_detections, use_onednn):
     root, config, overrides, weights, images = model
-    if not (root / "exported").is_dir():
-        tasks.export(
-            config, weights=weights, overrides=overrides, output_dir=str(root / "exported")
-        )
     dygraph = dygraph_detections
     detector = ExportedDetector(root / "exported", threads=1, use_onednn=use_onednn)
     total = 0
@@ -121,12 +120,8 @@ def test_predictor_gives_the_dygraph_detections(model, dygraph_detections, use_o
     assert total >= 4
 
 
-def test_infer_cli_with_the_exported_model_writes_images_and_json(model, capsys):
+def test_infer_cli_with_the_exported_model_writes_images_and_json(model, exported, capsys):
     root, config, overrides, weights, images = model
-    if not (root / "exported").is_dir():
-        tasks.export(
-            config, weights=weights, overrides=overrides, output_dir=str(root / "exported")
-        )
     out = root / "infer_exported"
     status = cli.main(
         [
