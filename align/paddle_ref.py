@@ -128,8 +128,14 @@ class PaddleContext:
 
     # ----------------------------------------------------------------- step 4
 
-    def loss_details(self):
-        """Step 4's log: anchors, valid flags, targets, per-level losses and acc_sum after each."""
+    def loss_details(self, head_outputs=None):
+        """Step 4's log: anchors, valid flags, targets, per-level losses and acc_sum after each.
+
+        Args:
+            head_outputs: ``(cls logits, box deltas)`` arrays per level (the reference's, from
+                step 3's torch log) to compute targets and losses from; None runs our whole
+                forward (backbone, FPN, head) first.
+        """
         import paddle
 
         model = self.fresh_model()
@@ -146,7 +152,10 @@ class PaddleContext:
         ]
         try:
             with paddle.no_grad():
-                head_outs = head(model.neck(model.backbone(inputs)))
+                if head_outputs is None:
+                    head_outs = head(model.neck(model.backbone(inputs)))
+                else:
+                    head_outs = _as_tensors(head_outputs)
                 losses_cls, losses_reg = head.level_losses(head_outs, inputs)
                 sizes = [tuple(x.shape[2:]) for x in head_outs[0]]
                 from ppdet_ghm.modeling.head import split_targets
@@ -264,15 +273,26 @@ class PaddleContext:
 
     # ----------------------------------------------------------------- step 6
 
-    def detections(self):
-        """Step 6's log: per image boxes [K, 4], scores [K], labels [K], best first."""
+    def detections(self, head_outputs=None):
+        """Step 6's log: per image boxes [K, 4], scores [K], labels [K], best first.
+
+        Args:
+            head_outputs: ``(cls logits, box deltas)`` arrays per level to post-process (the
+                reference's, from step 3's torch log); None runs our whole model.
+        """
         import paddle
 
         model = self.fresh_model()
+        inputs = self.inputs(with_gt=False)
         with paddle.no_grad():
-            out = model(self.inputs(with_gt=False))
-        bbox = out["bbox"].numpy()
-        counts = out["bbox_num"].numpy().astype(int).tolist()
+            if head_outputs is None:
+                bbox, bbox_num = (model(inputs)[k] for k in ("bbox", "bbox_num"))
+            else:
+                bbox, bbox_num, _ = model.head.post_process(
+                    _as_tensors(head_outputs), inputs["im_shape"], inputs["scale_factor"]
+                )
+        bbox = bbox.numpy()
+        counts = bbox_num.numpy().astype(int).tolist()
         log = {}
         start = 0
         for i, count in enumerate(counts):
@@ -282,3 +302,11 @@ class PaddleContext:
             log[f"img{i}.scores"] = np.ascontiguousarray(rows[:, 1], dtype=np.float32)
             log[f"img{i}.labels"] = rows[:, 0].astype(np.int64)
         return log
+
+
+def _as_tensors(head_outputs):
+    """``(cls list, box list)`` of arrays -> the same of Paddle tensors."""
+    import paddle
+
+    cls_logits, bbox_deltas = head_outputs
+    return [paddle.to_tensor(x) for x in cls_logits], [paddle.to_tensor(x) for x in bbox_deltas]

@@ -81,6 +81,28 @@ class Row:
     status: str
     note: str = ""
     rel: float | None = None  # worst relative error judged (forward / relative kinds)
+    # threshold / judged value, smallest over the row's keys and criteria: the factor by which
+    # the worst value could still grow before the row fails (inf when every value is 0;
+    # None for exact rows, which have no scale)
+    margin: float | None = None
+
+
+def _ratio(threshold: float, value: float):
+    """threshold / value, inf for a value of 0 (the margin left to a threshold)."""
+    return math.inf if value == 0 else threshold / value
+
+
+def key_margin(check: Check, mean_abs: float, max_abs: float, rel: float | None):
+    """The margin of one judged key (see ``Row.margin``); None for ``exact`` checks."""
+    if check.kind == "forward":
+        return min(_ratio(check.mean_abs, mean_abs), _ratio(check.max_rel, rel))
+    if check.kind == "relative":
+        return _ratio(check.rel, rel)
+    if check.kind == "mean_abs":
+        return _ratio(check.mean_abs, mean_abs)
+    if check.kind == "max_abs":
+        return _ratio(check.max_abs, max_abs)
+    return None
 
 
 def _judge_key(check: Check, t: np.ndarray, p: np.ndarray):
@@ -146,6 +168,7 @@ def compare(
             )
             continue
         worst_mean, worst_max, worst_rel, passed, failures = 0.0, 0.0, None, True, []
+        margin = None
         for key in keys:
             if key not in torch_log or key not in paddle_log:
                 side = "paddle" if key not in paddle_log else "torch"
@@ -153,6 +176,9 @@ def compare(
                 failures.append((math.inf, f"{key}: missing on the {side} side"))
                 continue
             mean_abs, max_abs, rel, ok, note = _judge_key(check, torch_log[key], paddle_log[key])
+            if check.kind != "exact" and not math.isnan(mean_abs):
+                key_m = key_margin(check, mean_abs, max_abs, rel)
+                margin = key_m if margin is None else min(margin, key_m)
             worst_mean = max(worst_mean, mean_abs)
             worst_max = max(worst_max, max_abs)
             if rel is not None:
@@ -188,6 +214,7 @@ def compare(
                 STATUS_PASS if passed else STATUS_FAIL if check.gating else STATUS_INFO,
                 "; ".join(notes),
                 worst_rel,
+                margin,
             )
         )
     unjudged = sorted(k for k in torch_log if k not in covered and not k.startswith("meta."))
@@ -284,6 +311,7 @@ def detection_rows(
                     STATUS_PASS if ok_match and ious.min() >= min_iou else STATUS_FAIL,
                     f"min IoU {ious.min():.6f}"
                     + (f"; {len(unmatched)} unmatched" if unmatched else ""),
+                    margin=_ratio(1.0 - min_iou, float(iou_gap.max())),
                 )
             )
             i_t = [i for i, _ in pairs]
@@ -297,6 +325,7 @@ def detection_rows(
                     float(sdiff.max()),
                     f"max<={score_abs:g}",
                     STATUS_PASS if ok_match and sdiff.max() <= score_abs else STATUS_FAIL,
+                    margin=_ratio(score_abs, float(sdiff.max())),
                 )
             )
         else:
@@ -315,7 +344,8 @@ def detection_rows(
 
 
 def write_diff_log(torch_log: dict, paddle_log: dict, path: str, threshold: float):
-    """reprod_log's diff report of the keys both logs share (mean abs diff vs ``threshold``).
+    """reprod_log's diff report of the keys both logs share with the same shape (mean abs diff vs
+    ``threshold``).
 
     reprod_log's ``init_logger`` adds a stdout and a file handler to the root logger on every
     call; we detach them afterwards so that successive reports neither echo each other nor
@@ -323,7 +353,12 @@ def write_diff_log(torch_log: dict, paddle_log: dict, path: str, threshold: floa
     """
     from reprod_log import ReprodDiffHelper
 
-    shared = sorted(set(torch_log) & set(paddle_log))
+    # keys of different shapes (e.g. a different number of detections) are left to the table rows
+    shared = sorted(
+        k
+        for k in set(torch_log) & set(paddle_log)
+        if np.shape(torch_log[k]) == np.shape(paddle_log[k])
+    )
     helper = ReprodDiffHelper()
     helper.compare_info(
         {k: np.asarray(torch_log[k], dtype=np.float64) for k in shared},
@@ -343,6 +378,34 @@ def write_diff_log(torch_log: dict, paddle_log: dict, path: str, threshold: floa
         for handler in saved_handlers:
             root.addHandler(handler)
         root.setLevel(saved_level)
+
+
+def write_rows_json(rows: list[Row], path: str):
+    """The rows as a JSON list of objects (NaN and inf written as strings)."""
+    import json
+
+    def plain(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        return value
+
+    records = [{k: plain(v) for k, v in dataclasses.asdict(r).items()} for r in rows]
+    with open(path, "w") as f:
+        json.dump(records, f, indent=1)
+        f.write("\n")
+
+
+def read_rows_json(path: str) -> list[Row]:
+    """Rows written by :func:`write_rows_json`."""
+    import json
+
+    def number(value):
+        return float(value) if isinstance(value, str) else value
+
+    with open(path) as f:
+        records = json.load(f)
+    numeric = ("mean_abs", "max_abs", "rel", "margin")
+    return [Row(**{k: number(v) if k in numeric else v for k, v in r.items()}) for r in records]
 
 
 def format_table(rows: list[Row]):

