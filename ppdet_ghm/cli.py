@@ -11,7 +11,7 @@ with dotted keys and YAML values as ppdet's ``tools/*.py``, ``--eval``, ``-r/--r
     ppdet-ghm infer  --model_dir output/demo/export --infer_img a.jpg  # exported model, predictor
     ppdet-ghm export -c configs/demo.yml --weights W [--output_dir D]
     ppdet-ghm convert SRC.pth DST.pdparams [...]                       # ppdet_ghm.convert
-    ppdet-ghm make-demo-data [--out demo_data] [--seed 0]
+    ppdet-ghm make-demo-data [--out demo_data] [--seed 0] [--kind shapes|marks]
     ppdet-ghm demo                                                     # what `make demo` runs
     ppdet-ghm plot-gradients -c CONFIG -o weights=W                    # ppdet_ghm.analysis
 
@@ -145,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of ppdet_ghm.convert")
 
-    p = sub.add_parser("make-demo-data", help="generate the demo's COCO-format shapes data set")
+    p = sub.add_parser(
+        "make-demo-data", help="generate the demo's COCO-format data set (shapes, or marks)"
+    )
     p.add_argument("--out", default="demo_data", help="output folder (default demo_data)")
     _add_demo_data_args(p)
 
@@ -165,15 +167,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_demo_data_args(parser: argparse.ArgumentParser):
-    from ppdet_ghm.data.demo_data import DemoDataSpec
+    from ppdet_ghm.data.demo_data import KIND_DEFAULTS, KINDS, DemoDataSpec
 
     defaults = DemoDataSpec()
+    parser.add_argument(
+        "--kind",
+        "--data-kind",
+        dest="data_kind",
+        choices=KINDS,
+        default=defaults.kind,
+        help=f"which generated set (default {defaults.kind}; marks: other classes, colours and "
+        "sizes, see ppdet_ghm.data.demo_data)",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--num-train", type=int, default=defaults.num_train)
     parser.add_argument("--num-val", type=int, default=defaults.num_val)
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
     parser.add_argument("--min-size", type=int, default=defaults.min_size)
-    parser.add_argument("--max-size", type=int, default=defaults.max_size)
+    max_sizes = ", ".join(f"{k} {v['max_size']}" for k, v in KIND_DEFAULTS.items())
+    parser.add_argument(
+        "--max-size", type=int, default=None, help=f"largest object side (default: {max_sizes})"
+    )
     parser.add_argument("--image-format", choices=("jpg", "png"), default=defaults.image_format)
 
 
@@ -312,6 +326,7 @@ def _cmd_make_demo_data(args) -> int:
         min_size=args.min_size,
         max_size=args.max_size,
         image_format=args.image_format,
+        kind=args.data_kind,
     )
     with tqdm(total=spec.num_train + spec.num_val, desc="demo data", unit="img") as bar:
         generate(spec, args.out, progress=bar.update)

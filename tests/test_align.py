@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from align import common, data, report, run_all, weights
+from align import common, data, report, run_all, step3_head, step5_backward, weights
 
 LOGS = common.DEFAULT_LOGS
 
@@ -245,8 +245,26 @@ def test_regenerated_torch_logs_equal_the_committed_ones(tmp_path):
         for key in old:
             a, b = old[key], new[key]
             assert a.shape == b.shape and a.dtype == b.dtype, (name, key)
+            if key == common.META_INPUTS_SHA:
+                continue  # a hash of float32 outputs: checked for consistency below
             if a.dtype.kind in "iub":
                 np.testing.assert_array_equal(a, b, err_msg=f"{name} {key}")
+            elif name == "step5_backward" and ".grad" in key:
+                # float32 gradients after updates: chaotic in both frameworks (align/README.md);
+                # another CPU's reference moves them as far as it moves ours
+                limits = step5_backward.THRESHOLDS["float32"]
+                diff = np.abs(a.astype(np.float64) - b)
+                if key.endswith("grad_norms"):
+                    rel = diff / np.maximum(np.abs(a), 1e-30)
+                    assert float(rel.max()) <= limits["norm_rel"], (name, key)
+                else:
+                    assert float(diff.mean()) <= limits["grad_mean_abs"], (name, key)
             else:  # bitwise on this machine; float32 rounding of another CPU allowed
                 scale = max(float(np.abs(a).max()), 1e-30)
                 assert float(np.abs(a - b).max()) <= 1e-4 * scale, (name, key)
+    # the regenerated step 4 and 6 logs name the head outputs of the regenerated step 3 log
+
+    args = step3_head.build_parser().parse_args(["--side", "paddle", "--logs", str(tmp_path)])
+    for name in ("step4_loss", "step6_detections"):
+        log = common.load_log(common.log_path(str(tmp_path), name, "torch"))
+        step3_head.reference_head_outputs(args, torch_log=log)

@@ -179,3 +179,150 @@ def test_size_mix_drops_ranges_outside_min_max():
     rng = np.random.default_rng(0)
     sides = [demo_data._object_side(rng, spec) for _ in range(200)]
     assert min(sides) >= 40 and max(sides) <= 60
+
+
+# ----------------------------------------------------------------------------- the marks kind
+
+MARKS = DemoDataSpec(kind="marks", seed=5, num_train=10, num_val=4, image_size=128)
+
+
+@pytest.fixture(scope="module")
+def marks_set(tmp_path_factory):
+    out = tmp_path_factory.mktemp("marks")
+    generate(MARKS, out)
+    return out
+
+
+def test_marks_defaults_come_from_the_kind():
+    assert (MARKS.max_size, MARKS.size_mix) == (64, (0.7, 0.3, 0.0))
+    assert (DemoDataSpec().max_size, DemoDataSpec().size_mix) == (128, (0.2, 0.5, 0.3))
+    assert DemoDataSpec(kind="marks", max_size=96).max_size == 96  # a given value wins
+    assert demo_data.KIND_DEFAULTS["marks"] == {"max_size": 64, "size_mix": (0.7, 0.3, 0.0)}
+
+
+def test_marks_set_has_its_four_categories_and_records_its_kind(marks_set):
+    summary = validate(marks_set, MARKS)
+    assert summary["train"]["images"] == 10 and summary["val"]["images"] == 4
+    coco = json.loads((marks_set / "annotations" / "instances_train.json").read_text())
+    assert [(c["id"], c["name"]) for c in coco["categories"]] == [
+        (1, "star"),
+        (2, "cross"),
+        (3, "diamond"),
+        (4, "ellipse"),
+    ]
+    assert {c["name"] for c in coco["categories"]}.isdisjoint(c["name"] for c in CATEGORIES)
+    assert coco["info"]["spec"]["kind"] == "marks" and coco["info"]["spec"]["max_size"] == 64
+    assert coco["info"]["spec"] == demo_data.spec_record(MARKS)
+    assert coco["info"]["description"] == "ppdet-ghm demo marks"
+    # the shapes record leaves the kind out, so the demo's files are as they always were
+    assert "kind" not in demo_data.spec_record(SMALL)
+    # validating against the other kind fails on the categories
+    shapes_spec = DemoDataSpec(**{**MARKS.__dict__, "kind": "shapes"})
+    with pytest.raises(ValueError, match="not the 'shapes' kind's"):
+        validate(marks_set, shapes_spec)
+
+
+def test_marks_boxes_follow_the_size_mix():
+    spec = DemoDataSpec(kind="marks", seed=2, num_train=60, num_val=0)
+    sides, categories = [], set()
+    for index in range(60):
+        for obj in draw_image(spec, "train", index)[1]:
+            x, y, w, h = obj.bbox
+            assert x >= 0 and y >= 0 and x + w <= 256 and y + h <= 256
+            sides.append(max(w, h))
+            categories.add(obj.category_id)
+    sides = np.asarray(sides)
+    assert len(sides) > 150 and categories == {1, 2, 3, 4}
+    assert sides.min() >= 8 and sides.max() <= 64  # no large object
+    assert np.mean(sides < 32) > 0.6  # 70 % drawn small (rotated shapes only shrink)
+    # the drawn sides follow the mix exactly; a 0 share is never drawn
+    rng = np.random.default_rng(0)
+    drawn = np.asarray([demo_data._object_side(rng, spec) for _ in range(4000)])
+    assert drawn.max() <= 64 and np.mean(drawn >= 96) == 0.0
+    assert abs(np.mean(drawn < 32) - 0.7) < 0.03
+
+
+def test_marks_same_seed_same_bytes_and_unlike_shapes(tmp_path, marks_set):
+    again = tmp_path / "again"
+    generate(MARKS, again)
+    assert tree_digest(again) == tree_digest(marks_set)
+    other = tmp_path / "other"
+    generate(DemoDataSpec(**{**MARKS.__dict__, "seed": 6}), other)
+    assert tree_digest(other) != tree_digest(marks_set)
+    # same seed and sizes, other kind: other images
+    shapes_spec = DemoDataSpec(**{**MARKS.__dict__, "kind": "shapes"})
+    a, b = draw_image(MARKS, "train", 0)[0], draw_image(shapes_spec, "train", 0)[0]
+    assert np.asarray(a).tobytes() != np.asarray(b).tobytes()
+
+
+def _tight_box(mask):
+    ys, xs = np.nonzero(np.asarray(mask))
+    return int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+
+
+@pytest.mark.parametrize("category_id", [1, 2, 3, 4])
+def test_marks_masks_have_pixel_exact_boxes(category_id):
+    for seed in range(6):  # rotations, aspects and orientations vary with the stream
+        rng = np.random.default_rng(seed)
+        mask = demo_data._shape_mask(64, category_id, 10, 20, 21, rng, kind="marks")
+        box = demo_data._mask_bbox(mask)
+        assert box == _tight_box(mask)
+        x, y, w, h = box  # inside the drawn square
+        assert x >= 10 and y >= 20 and x + w <= 31 and y + h <= 41
+        if category_id == 2:  # the plus spans the square
+            assert box == (10, 20, 21, 21)
+        if category_id == 3:  # the diamond spans it along its longer axis
+            assert max(w, h) == 21 and min(w, h) < 21
+        if category_id == 4:  # an elongated ellipse: it covers well under pi/4 of its square
+            assert (np.asarray(mask) > 0).sum() < 0.5 * 21 * 21
+
+
+def test_marks_objects_boxes_are_their_mask_extent(monkeypatch):
+    """Every box draw_image returns is the pixel extent of the mask it drew the object with."""
+    drawn = []
+    shape_mask = demo_data._shape_mask
+
+    def recording(*args, **kwargs):
+        mask = shape_mask(*args, **kwargs)
+        drawn.append(mask)
+        return mask
+
+    monkeypatch.setattr(demo_data, "_shape_mask", recording)
+    spec = DemoDataSpec(kind="marks", seed=1, num_train=8, num_val=0)
+    for index in range(8):
+        drawn.clear()
+        _, objects = draw_image(spec, "train", index)
+        extents = [_tight_box(m) for m in drawn if np.asarray(m).any()]
+        for obj in objects:
+            assert obj.bbox in extents
+
+
+def test_unknown_kind_raises_naming_the_field_and_the_kinds():
+    with pytest.raises(ValueError, match=r"kind='blobs'.*\['shapes', 'marks'\]"):
+        DemoDataSpec(kind="blobs")
+
+
+def test_command_line_generates_the_marks_kind(tmp_path, capsys):
+    import argparse
+
+    from ppdet_ghm import cli
+    from ppdet_ghm.engine import demo
+
+    out = tmp_path / "marks"
+    argv = ["make-demo-data", "--out", str(out), "--kind", "marks", "--num-train", "2"]
+    assert cli.main([*argv, "--num-val", "1", "--image-size", "96", "--seed", "5"]) == 0
+    coco = json.loads((out / "annotations" / "instances_val.json").read_text())
+    assert coco["info"]["spec"]["kind"] == "marks" and coco["info"]["spec"]["max_size"] == 64
+    assert coco["categories"][0]["name"] == "star"
+    spec = DemoDataSpec(kind="marks", seed=5, num_train=2, num_val=1, image_size=96)
+    assert validate(out, spec)["train"]["images"] == 2
+    # the demo's options: --data-kind, defaults unchanged
+    parser = demo.add_arguments(argparse.ArgumentParser())
+    assert parser.parse_args([]).data_kind == "shapes"
+    assert parser.parse_args([]).max_size is None  # the kind's default
+    assert parser.parse_args(["--data-kind", "marks"]).data_kind == "marks"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--data-kind", "blobs"])
+    # data already there is recognised as the same set only for the same kind
+    assert demo._data_is_current(out, spec)
+    assert not demo._data_is_current(out, DemoDataSpec(**{**spec.__dict__, "kind": "shapes"}))

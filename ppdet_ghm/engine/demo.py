@@ -51,15 +51,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--output-dir", default="demo_output", help="outputs go to <output-dir>/<config name>"
     )
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    from ppdet_ghm.data.demo_data import DemoDataSpec
+    from ppdet_ghm.data.demo_data import KIND_DEFAULTS, KINDS, DemoDataSpec
 
     spec = DemoDataSpec()
     group = parser.add_argument_group("data set (defaults: the demo's)")
+    group.add_argument(
+        "--data-kind",
+        choices=KINDS,
+        default=spec.kind,
+        help=f"which generated set (default {spec.kind}; marks: other classes, colours and "
+        "sizes, to see the config on data unlike the demo's)",
+    )
     group.add_argument("--data-seed", type=int, default=spec.seed, help="generator seed")
     group.add_argument("--num-train", type=int, default=spec.num_train)
     group.add_argument("--num-val", type=int, default=spec.num_val)
     group.add_argument("--image-size", type=int, default=spec.image_size)
-    group.add_argument("--max-size", type=int, default=spec.max_size, help="largest object side")
+    max_sizes = ", ".join(f"{k} {v['max_size']}" for k, v in KIND_DEFAULTS.items())
+    group.add_argument(
+        "--max-size", type=int, default=None, help=f"largest object side (default: {max_sizes})"
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -84,7 +94,7 @@ def _fmt_seconds(seconds: float) -> str:
 
 
 def _data_is_current(data_dir: Path, spec) -> bool:
-    import dataclasses
+    from ppdet_ghm.data.demo_data import spec_record
 
     for split in ("train", "val"):
         path = data_dir / "annotations" / f"instances_{split}.json"
@@ -94,7 +104,7 @@ def _data_is_current(data_dir: Path, spec) -> bool:
             info = json.loads(path.read_text()).get("info", {})
         except json.JSONDecodeError:
             return False
-        if info.get("spec") != json.loads(json.dumps(dataclasses.asdict(spec))):
+        if info.get("spec") != spec_record(spec):
             return False
     return True
 
@@ -172,8 +182,8 @@ def run_one(args: argparse.Namespace, config: str) -> dict:
     steps = 4
     print(
         f"ppdet-ghm demo: {cfg.architecture} with {cfg['GHMRetinaHead']['loss_cls']['name']} / "
-        f"{cfg['GHMRetinaHead']['loss_bbox']['name']} on generated shapes, CPU x {threads} "
-        f"threads\nconfig {config}; outputs in {out}"
+        f"{cfg['GHMRetinaHead']['loss_bbox']['name']} on generated {args.data_kind}, "
+        f"CPU x {threads} threads\nconfig {config}; outputs in {out}"
     )
     timings = {}
     cpu = {}
@@ -185,6 +195,7 @@ def run_one(args: argparse.Namespace, config: str) -> dict:
         num_val=args.num_val,
         image_size=args.image_size,
         max_size=args.max_size,
+        kind=args.data_kind,
     )
     tic = time.time()
     if _data_is_current(data_dir, spec):
