@@ -65,32 +65,46 @@ def run_setting(name: str, steps, out_dir: str):
 
 
 def worst_rows(rows_by_setting: dict):
-    """Per (step, quantity): (threshold, status list, worst margin, setting of the worst margin)."""
+    """Per (step, quantity): threshold, statuses, worst margin, the value that set it, where."""
     table = {}
     for setting, rows in rows_by_setting.items():
         for row in rows:
             key = (row.step, row.quantity)
             entry = table.setdefault(
-                key, {"threshold": row.threshold, "statuses": set(), "margin": None, "at": "-"}
+                key,
+                {
+                    "threshold": row.threshold,
+                    "statuses": set(),
+                    "margin": None,
+                    "worst": "-",
+                    "at": "-",
+                },
             )
             entry["statuses"].add(row.status)
             if row.margin is not None and (entry["margin"] is None or row.margin < entry["margin"]):
-                entry["margin"], entry["at"] = row.margin, setting
+                entry["margin"], entry["worst"], entry["at"] = row.margin, row.worst, setting
     return table
 
 
 def format_worst(table: dict):
     lines = [
-        "| step | quantity | threshold | status under every setting | worst margin | at |",
-        "|---|---|---|---|---|---|",
+        "| step | quantity | threshold | status under every setting | worst value | margin | at |",
+        "|---|---|---|---|---|---|---|",
     ]
     for (step, quantity), entry in table.items():
         status = "/".join(sorted(entry["statuses"]))
         margin = entry["margin"]
         text = "-" if margin is None else ("inf" if math.isinf(margin) else f"{margin:.3g}")
-        lines.append(
-            f"| {step} | {quantity} | {entry['threshold']} | {status} | {text} | {entry['at']} |"
-        )
+        cells = [
+            step,
+            quantity,
+            entry["threshold"],
+            status,
+            entry["worst"] or "-",
+            text,
+            entry["at"],
+        ]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
 

@@ -85,6 +85,7 @@ class Row:
     # the worst value could still grow before the row fails (inf when every value is 0;
     # None for exact rows, which have no scale)
     margin: float | None = None
+    worst: str = ""  # the judged value that sets the margin, e.g. "maxrel 1.2e-06"
 
 
 def _ratio(threshold: float, value: float):
@@ -93,16 +94,20 @@ def _ratio(threshold: float, value: float):
 
 
 def key_margin(check: Check, mean_abs: float, max_abs: float, rel: float | None):
-    """The margin of one judged key (see ``Row.margin``); None for ``exact`` checks."""
+    """(margin, the judged value that sets it) of one key (see ``Row.margin``); (None, "") for
+    ``exact`` checks."""
     if check.kind == "forward":
-        return min(_ratio(check.mean_abs, mean_abs), _ratio(check.max_rel, rel))
+        return min(
+            (_ratio(check.mean_abs, mean_abs), f"mean {mean_abs:.2e}"),
+            (_ratio(check.max_rel, rel), f"maxrel {rel:.2e}"),
+        )
     if check.kind == "relative":
-        return _ratio(check.rel, rel)
+        return _ratio(check.rel, rel), f"rel {rel:.2e}"
     if check.kind == "mean_abs":
-        return _ratio(check.mean_abs, mean_abs)
+        return _ratio(check.mean_abs, mean_abs), f"mean {mean_abs:.2e}"
     if check.kind == "max_abs":
-        return _ratio(check.max_abs, max_abs)
-    return None
+        return _ratio(check.max_abs, max_abs), f"max {max_abs:.2e}"
+    return None, ""
 
 
 def _judge_key(check: Check, t: np.ndarray, p: np.ndarray):
@@ -168,7 +173,7 @@ def compare(
             )
             continue
         worst_mean, worst_max, worst_rel, passed, failures = 0.0, 0.0, None, True, []
-        margin = None
+        margin, margin_value = None, ""
         for key in keys:
             if key not in torch_log or key not in paddle_log:
                 side = "paddle" if key not in paddle_log else "torch"
@@ -177,8 +182,9 @@ def compare(
                 continue
             mean_abs, max_abs, rel, ok, note = _judge_key(check, torch_log[key], paddle_log[key])
             if check.kind != "exact" and not math.isnan(mean_abs):
-                key_m = key_margin(check, mean_abs, max_abs, rel)
-                margin = key_m if margin is None else min(margin, key_m)
+                key_m, key_worst = key_margin(check, mean_abs, max_abs, rel)
+                if margin is None or key_m < margin:
+                    margin, margin_value = key_m, key_worst
             worst_mean = max(worst_mean, mean_abs)
             worst_max = max(worst_max, max_abs)
             if rel is not None:
@@ -215,6 +221,7 @@ def compare(
                 "; ".join(notes),
                 worst_rel,
                 margin,
+                margin_value,
             )
         )
     unjudged = sorted(k for k in torch_log if k not in covered and not k.startswith("meta."))
@@ -312,6 +319,7 @@ def detection_rows(
                     f"min IoU {ious.min():.6f}"
                     + (f"; {len(unmatched)} unmatched" if unmatched else ""),
                     margin=_ratio(1.0 - min_iou, float(iou_gap.max())),
+                    worst=f"1 - IoU {float(iou_gap.max()):.2e}",
                 )
             )
             i_t = [i for i, _ in pairs]
@@ -326,6 +334,7 @@ def detection_rows(
                     f"max<={score_abs:g}",
                     STATUS_PASS if ok_match and sdiff.max() <= score_abs else STATUS_FAIL,
                     margin=_ratio(score_abs, float(sdiff.max())),
+                    worst=f"max {float(sdiff.max()):.2e}",
                 )
             )
         else:

@@ -268,3 +268,38 @@ def test_regenerated_torch_logs_equal_the_committed_ones(tmp_path):
     for name in ("step4_loss", "step6_detections"):
         log = common.load_log(common.log_path(str(tmp_path), name, "torch"))
         step3_head.reference_head_outputs(args, torch_log=log)
+
+
+def test_row_margin_is_threshold_over_the_worst_key():
+    t = {"a": np.array([1.0, 2.0]), "b": np.array([4.0])}
+    p = {"a": np.array([1.0, 2.0000004]), "b": np.array([4.0000012])}
+    (row,) = report.compare("s", t, p, [report.Check("x", "a|b", "relative", rel=1e-6)])
+    assert row.status == report.STATUS_PASS
+    assert math.isclose(row.margin, 1e-6 / 3e-7, rel_tol=1e-6)  # b: rel 3e-7, a: 2e-7
+    assert row.worst == "rel 3.00e-07"
+    forward = report.Check("f", "a", "forward", mean_abs=1e-6, max_rel=1e-6)
+    (row,) = report.compare("s", {"a": t["a"]}, {"a": p["a"]}, [forward])
+    # mean 2e-7 -> margin 5; max rel 4e-7 / 2 = 2e-7 -> margin 5: the smaller is kept
+    assert math.isclose(row.margin, 5.0, rel_tol=1e-6)
+    (row,) = report.compare("s", {"a": t["a"]}, {"a": t["a"]}, [forward])
+    assert row.margin == math.inf
+    # a failing row keeps its margin (< 1) and the value that set it
+    (row,) = report.compare("s", t, p, [report.Check("x", "a|b", "relative", rel=1e-7)])
+    assert row.status == report.STATUS_FAIL and row.worst == "rel 3.00e-07"
+    assert math.isclose(row.margin, 1 / 3, rel_tol=1e-6)
+
+
+def test_kernel_paths_keep_the_worst_margin_of_each_row():
+    from align import kernel_paths
+
+    def row(margin, status=report.STATUS_PASS):
+        return report.Row("s", "q", 0.0, 0.0, "rel<=1e-06", status, "", None, margin, f"m{margin}")
+
+    table = kernel_paths.worst_rows(
+        {"one": [row(8.0)], "two": [row(3.0)], "three": [row(0.5, report.STATUS_FAIL)]}
+    )
+    entry = table[("s", "q")]
+    assert entry["margin"] == 0.5 and entry["at"] == "three" and entry["worst"] == "m0.5"
+    assert entry["statuses"] == {report.STATUS_PASS, report.STATUS_FAIL}
+    text = kernel_paths.format_worst(table)
+    assert "| s | q | rel<=1e-06 | FAIL/PASS | m0.5 | 0.5 | three |" in text
