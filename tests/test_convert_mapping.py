@@ -166,8 +166,8 @@ def test_table_depth_101_names():
     renames = torchvision_resnet_table(depth=101).renames
     assert sorted(renames.values()) == sorted(resnet.state_dict())
     assert renames["layer3.22.conv1.weight"] == "res4.res4b22.branch2a.conv.weight"
-    with pytest.raises(ValueError, match="depth=34"):
-        torchvision_resnet_table(depth=34)
+    with pytest.raises(ValueError, match="depth=26"):
+        torchvision_resnet_table(depth=26)
 
 
 def test_convert_torchvision_backbone(resnet_shapes, caplog):

@@ -15,6 +15,7 @@ torch (mmdet; torchvision drops ``backbone.``) Paddle (ppdet ResNet variant 'b' 
 ``neck.lateral_convs.{i}.conv.*`` (i<3)     ``neck.lateral_convs.{i}.*``
 ``neck.fpn_convs.{i}.conv.*`` (i<5)         ``neck.fpn_convs.{i}.*``
 ``bbox_head.{cls,reg}_convs.{i}.conv.*``    ``head.{cls,reg}_convs.{i}.*``
+``bbox_head.{cls,reg}_convs.{i}.gn.*``      ``head.{cls,reg}_norms.{i}.*`` (GN head)
 ``bbox_head.retina_{cls,reg}.*``            ``head.retina_{cls,reg}.*``
 ``bbox_head.loss_{cls,bbox}.acc_sum``       ``head.loss_{cls,bbox}.acc_sum`` (optional)
 ==========================================  ===================================================
@@ -26,6 +27,14 @@ reference construction (our losses build the same edges themselves). Block lette
 ``NameAdapter.fix_layer_warp_name`` (``res4b1``, ``res4b2``, ... when stage 4 has more than 10 blocks).
 Conv and BN tensors have the same layout in both frameworks (OIHW, per-channel vectors), so values
 are copied unchanged.
+
+Architectures: ResNet-50/101/152 (Bottleneck: ``conv1-3``/``bn1-3`` -> ``branch2a-c``) and
+ResNet-18/34 (BasicBlock: ``conv1-2``/``bn1-2`` -> ``branch2a-b``; stage 1 has no ``downsample``
+/ ``short``, as in both frameworks); a head with ``stacked_convs`` convs per tower, plain (conv
+with bias, the paper's) or GroupNorm (mmdet ``RetinaHead(norm_cfg=dict(type='GN', ...))``:
+``ConvModule`` convs without bias plus ``.gn``; ours ``GHMRetinaHead(norm_groups=G)``:
+``{cls,reg}_norms.{i}``). :func:`mmdet_architecture` reads them off the source names when they
+are not given.
 """
 
 from __future__ import annotations
@@ -38,8 +47,10 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-#: Bottleneck blocks per stage (layer1..layer4 = ppdet res2..res5).
+#: Blocks per stage (layer1..layer4 = ppdet res2..res5): BasicBlock for 18/34, Bottleneck above.
 RESNET_BLOCKS: dict[int, tuple[int, int, int, int]] = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
     50: (3, 4, 6, 3),
     101: (3, 4, 23, 3),
     152: (3, 8, 36, 3),
@@ -54,6 +65,8 @@ BN_NAMES: dict[str, str] = {
 FPN_NUM_INS = 3  # lateral convs on C3, C4, C5
 FPN_NUM_OUTS = 5  # P3..P7 (P6 from C5, P7 from P6)
 HEAD_STACKED_CONVS = 4
+#: Depths built from BasicBlock (two 3x3 convs per block); the others use Bottleneck (three convs).
+BASIC_BLOCK_DEPTHS = (18, 34)
 
 SKIP_BN_COUNTER = "BN num_batches_tracked: Paddle's BN has no counter"
 SKIP_FC = "ImageNet classifier, not part of the detection backbone"
@@ -116,9 +129,11 @@ def resnet_table(src_prefix: str = "", dst_prefix: str = "", depth: int = 50) ->
         for b in range(num_blocks):
             src = f"{src_prefix}layer{layer}.{b}"
             dst = f"{dst_prefix}res{stage}.{_ppdet_block_name(stage, num_blocks, b)}"
-            for i, branch in enumerate("abc", start=1):
+            branches = "ab" if depth in BASIC_BLOCK_DEPTHS else "abc"
+            for i, branch in enumerate(branches, start=1):
                 _conv_bn(renames, skips, f"{src}.conv{i}", f"{src}.bn{i}", f"{dst}.branch2{branch}")
-            if b == 0:
+            # BasicBlock stage 1 keeps 64 channels at stride 1: no projection shortcut
+            if b == 0 and not (depth in BASIC_BLOCK_DEPTHS and layer == 1):
                 _conv_bn(
                     renames, skips, f"{src}.downsample.0", f"{src}.downsample.1", f"{dst}.short"
                 )
@@ -131,8 +146,17 @@ def torchvision_resnet_table(depth: int = 50) -> RenameTable:
     return RenameTable(base.renames, {**base.skips, "fc.weight": SKIP_FC, "fc.bias": SKIP_FC})
 
 
-def mmdet_retinanet_table(depth: int = 50) -> RenameTable:
-    """mmdet RetinaNet / RetinaNet-GHM R-FPN state_dict -> our full-model names."""
+def mmdet_retinanet_table(
+    depth: int = 50, stacked_convs: int = HEAD_STACKED_CONVS, head_norm: bool = False
+) -> RenameTable:
+    """mmdet RetinaNet / RetinaNet-GHM R-FPN state_dict -> our full-model names.
+
+    Args:
+        depth: ResNet depth (18, 34, 50, 101, 152).
+        stacked_convs: convs per head tower (mmdet ``RetinaHead.stacked_convs``).
+        head_norm: the towers are conv (no bias) + GroupNorm (mmdet ``norm_cfg=dict(type='GN')``,
+            ours ``norm_groups``); False: conv with bias, no norm (the paper's head).
+    """
     base = resnet_table("backbone.", "backbone.", depth)
     renames = dict(base.renames)
     skips = dict(base.skips)
@@ -140,10 +164,14 @@ def mmdet_retinanet_table(depth: int = 50) -> RenameTable:
         for i in range(count):
             for p in ("weight", "bias"):
                 renames[f"neck.{kind}.{i}.conv.{p}"] = f"neck.{kind}.{i}.{p}"
-    for tower in ("cls_convs", "reg_convs"):
-        for i in range(HEAD_STACKED_CONVS):
-            for p in ("weight", "bias"):
-                renames[f"bbox_head.{tower}.{i}.conv.{p}"] = f"head.{tower}.{i}.{p}"
+    for tower, norms in (("cls_convs", "cls_norms"), ("reg_convs", "reg_norms")):
+        for i in range(stacked_convs):
+            renames[f"bbox_head.{tower}.{i}.conv.weight"] = f"head.{tower}.{i}.weight"
+            if head_norm:
+                for p in ("weight", "bias"):
+                    renames[f"bbox_head.{tower}.{i}.gn.{p}"] = f"head.{norms}.{i}.{p}"
+            else:
+                renames[f"bbox_head.{tower}.{i}.conv.bias"] = f"head.{tower}.{i}.bias"
     for conv in ("retina_cls", "retina_reg"):
         for p in ("weight", "bias"):
             renames[f"bbox_head.{conv}.{p}"] = f"head.{conv}.{p}"
@@ -155,9 +183,11 @@ def mmdet_retinanet_table(depth: int = 50) -> RenameTable:
     return RenameTable(renames, skips, frozenset(optional))
 
 
-def mmdet_backbone_table(depth: int = 50) -> RenameTable:
+def mmdet_backbone_table(
+    depth: int = 50, stacked_convs: int = HEAD_STACKED_CONVS, head_norm: bool = False
+) -> RenameTable:
     """mmdet RetinaNet state_dict -> ppdet ResNet names (no prefix); neck and head skipped."""
-    full = mmdet_retinanet_table(depth)
+    full = mmdet_retinanet_table(depth, stacked_convs, head_norm)
     renames = {}
     skips = {}
     for old, new in full.renames.items():
@@ -202,19 +232,66 @@ def _shape(value) -> tuple[int, ...]:
     return tuple(int(d) for d in value)
 
 
+def mmdet_architecture(src: Mapping[str, np.ndarray]) -> dict:
+    """``{"depth", "stacked_convs", "head_norm"}`` read off torch state_dict names.
+
+    depth: from the number of blocks per ``layer{1-4}`` and whether blocks have a ``conv3``
+    (Bottleneck) or not (BasicBlock); stacked_convs: the number of ``bbox_head.cls_convs.{i}``;
+    head_norm: whether ``bbox_head.cls_convs.0.gn.weight`` exists. Works for torchvision names
+    (no ``backbone.`` prefix) too. A value that cannot be read is returned as the R50 default
+    (50, 4, False), so that the table's strict check names what does not fit.
+    """
+    prefix = "backbone." if any(k.startswith("backbone.") for k in src) else ""
+    blocks = []
+    for layer in range(1, 5):
+        head = f"{prefix}layer{layer}."
+        indices = {int(k[len(head) :].split(".", 1)[0]) for k in src if k.startswith(head)}
+        blocks.append(max(indices) + 1 if indices else 0)
+    bottleneck = f"{prefix}layer1.0.conv3.weight" in src
+    depth = 50
+    for candidate, counts in RESNET_BLOCKS.items():
+        if tuple(blocks) == counts and (candidate not in BASIC_BLOCK_DEPTHS) == bottleneck:
+            depth = candidate
+            break
+    convs = {
+        int(k.split(".")[2])
+        for k in src
+        if k.startswith("bbox_head.cls_convs.") and k.count(".") > 3
+    }
+    return {
+        "depth": depth,
+        "stacked_convs": max(convs) + 1 if convs else HEAD_STACKED_CONVS,
+        "head_norm": "bbox_head.cls_convs.0.gn.weight" in src,
+    }
+
+
 def choose_table(
-    src: Mapping[str, np.ndarray], backbone_only: bool, depth: int = 50
+    src: Mapping[str, np.ndarray],
+    backbone_only: bool,
+    depth: int | None = None,
+    stacked_convs: int | None = None,
+    head_norm: bool | None = None,
 ) -> RenameTable:
-    """mmdet layout (any key under ``backbone.``) or torchvision layout, for the requested target."""
+    """mmdet layout (any key under ``backbone.``) or torchvision layout, for the requested target.
+
+    ``depth`` / ``stacked_convs`` / ``head_norm`` left None are read off the source names
+    (:func:`mmdet_architecture`).
+    """
+    found = mmdet_architecture(src)
+    depth = found["depth"] if depth is None else depth
+    stacked_convs = found["stacked_convs"] if stacked_convs is None else stacked_convs
+    head_norm = found["head_norm"] if head_norm is None else head_norm
     mmdet_layout = any(k.startswith("backbone.") for k in src)
     if backbone_only:
-        return mmdet_backbone_table(depth) if mmdet_layout else torchvision_resnet_table(depth)
+        if mmdet_layout:
+            return mmdet_backbone_table(depth, stacked_convs, head_norm)
+        return torchvision_resnet_table(depth)
     if not mmdet_layout:
         raise ConversionError(
             "the source has no 'backbone.*' keys: it looks like an ImageNet (torchvision) ResNet; "
             "convert it with backbone_only=True (--backbone-only)"
         )
-    return mmdet_retinanet_table(depth)
+    return mmdet_retinanet_table(depth, stacked_convs, head_norm)
 
 
 def convert_state_dict(
@@ -222,7 +299,9 @@ def convert_state_dict(
     target_shapes: Mapping[str, tuple],
     backbone_only: bool = False,
     verbose: bool = False,
-    depth: int = 50,
+    depth: int | None = None,
+    stacked_convs: int | None = None,
+    head_norm: bool | None = None,
 ) -> dict[str, np.ndarray]:
     """Rename ``src`` by the table, check it against ``target_shapes``, return ``{target: array}``.
 
@@ -234,7 +313,11 @@ def convert_state_dict(
             ``backbone_only`` the ppdet ``ResNet``'s own ``state_dict()`` (no prefix).
         backbone_only: convert for a bare ResNet (ppdet ``pretrain_weights``).
         verbose: log every ``old -> new`` (and every skip) at INFO on this module's logger.
-        depth: ResNet depth of both sides (50 for our model).
+        depth: ResNet depth of both sides (18, 34, 50, 101, 152); None: read off the source
+            names (:func:`mmdet_architecture`).
+        stacked_convs: convs per head tower; None: read off the source names.
+        head_norm: GroupNorm head towers (mmdet ``norm_cfg=dict(type='GN')``, ours
+            ``norm_groups``); None: read off the source names.
 
     Returns:
         ``{target name: array}`` in ``target_shapes`` order, arrays unchanged (dtype as in ``src``).
@@ -246,7 +329,7 @@ def convert_state_dict(
             key left unfilled, every shape mismatch (both shapes), every renamed key the target
             lacks, and GHM edges that differ from the reference.
     """
-    table = choose_table(src, backbone_only, depth)
+    table = choose_table(src, backbone_only, depth, stacked_convs, head_norm)
     shapes = {k: _shape(v) for k, v in target_shapes.items()}
     unmapped, misshaped, no_target, bad_values = [], [], [], []
     renamed: dict[str, np.ndarray] = {}

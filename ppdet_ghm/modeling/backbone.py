@@ -23,6 +23,14 @@ ppdet attaches ``L2Decay(norm_decay)`` (0 by default) to them, which overrides t
 ``norm_decay=None`` (default here) attaches no regulariser, so the optimizer's weight decay applies
 as in the reference; a float restores ppdet's per-parameter ``L2Decay(norm_decay)``.
 
+ResNet-18/34 shortcut of res2a: ppdet's ``ResNet`` gives the first block of every stage a 1x1
+conv + BN projection shortcut, also res2a of the BasicBlock depths, whose input and output are
+both 64 channels at stride 1; torchvision's and mmdet's ResNet-18/34 use the identity there
+(``downsample`` only when the stride or the channels change). ``identity_res2_shortcut=True``
+removes that projection (``res2.res2a.short``) so that the network, and its state dict, are
+torchvision's / mmdet's; the default keeps ppdet's layout. Bottleneck depths are unaffected (their
+res2a changes channels, 64 -> 256, in both frameworks).
+
 State-dict names are ppdet's ``ResNet`` names, unchanged (``conv1.conv1.conv.weight``,
 ``res2.res2a.branch2a.norm._mean`` ...).
 """
@@ -59,6 +67,8 @@ class NormEvalResNet(ResNet):
             a float: ppdet's per-parameter ``L2Decay(norm_decay)`` instead.
         norm_type: 'bn' or 'sync_bn' (ppdet's ResNet supports no other).
         lr_mult_list: learning-rate multipliers of the conv weights of res2-res5.
+        identity_res2_shortcut: depth 18/34 only: res2a adds its input unchanged (torchvision /
+            mmdet) instead of through ppdet's 1x1 conv + BN projection.
     """
 
     __shared__ = []
@@ -75,6 +85,7 @@ class NormEvalResNet(ResNet):
         norm_decay: float | None = None,
         norm_type: str = "bn",
         lr_mult_list: list = (1.0, 1.0, 1.0, 1.0),
+        identity_res2_shortcut: bool = False,
     ):
         if norm_type not in ("bn", "sync_bn"):
             raise ValueError(f"norm_type must be 'bn' or 'sync_bn', got {norm_type!r}")
@@ -82,6 +93,10 @@ class NormEvalResNet(ResNet):
             raise ValueError(f"depth must be one of 18, 34, 50, 101, 152, got {depth}")
         if not -1 <= freeze_at < num_stages:
             raise ValueError(f"freeze_at must be in [-1, {num_stages - 1}], got {freeze_at}")
+        if identity_res2_shortcut and depth not in (18, 34):
+            raise ValueError(
+                f"identity_res2_shortcut is for the BasicBlock depths 18 and 34, not {depth}"
+            )
         super().__init__(
             depth=depth,
             variant=variant,
@@ -93,9 +108,14 @@ class NormEvalResNet(ResNet):
             return_idx=list(return_idx),
             num_stages=num_stages,
         )
+        if identity_res2_shortcut:
+            first = self.res_layers[0].blocks[0]
+            first.shortcut = True  # ppdet BasicBlock: shortcut=True adds the input itself
+            delattr(first, "short")
         self.norm_eval = bool(norm_eval)
         self.norm_decay_mode = "optimizer" if norm_decay is None else "per-parameter"
-        frozen = [self.conv1] + list(self.res_layers[: max(freeze_at + 1, 0)])
+        # freeze_at=-1 freezes nothing, the stem included (mmdet frozen_stages=-1, ppdet's ResNet)
+        frozen = [self.conv1] + list(self.res_layers[: freeze_at + 1]) if freeze_at >= 0 else []
         if not freeze_norm:
             frozen_ids = {id(layer) for stage in frozen for layer in stage.sublayers()}
             for layer in self.sublayers():

@@ -1,0 +1,407 @@
+"""Step 13: training alignment: both frameworks train the same RetinaNet from the same start.
+
+Same model (ResNet-18, 64-channel FPN with P6 from C5, 2-conv GN(8) head towers, the paper's
+anchors / assigner / coder; align/configs/train_r18_{ghm,focal}.yml and
+``align.train_torch.model_config``), same initial weights (mmdet's seeded ``init_weights()``,
+saved as NumPy arrays by the torch side and converted for Paddle by ``ppdet_ghm.convert``), same
+data (the demo's generated shapes set as fixed normalised arrays, ``align/train_data.py``), same
+batches (seeded order, batch 8, no flip), same optimizer and learning rate of every iteration.
+Losses: ``ghm`` (GHM-C + GHM-R) or ``focal`` (Focal + Smooth L1 / #pos). Optimizers: ``adamw``
+(the demo's) or ``sgd`` (the reference's). Details in ``align/train_data.py``.
+
+    python -m align.step13_train --prepare --data-root /tmp/step13       # once (imports paddle)
+    python -m align.step13_train --side torch  --loss ghm --optim adamw --seed 0 --iters 600 --out DIR
+    python -m align.step13_train --side paddle --loss ghm --optim adamw --seed 0 --iters 600 --out DIR
+    python -m align.step13_train --compare     --loss ghm --optim adamw --seed 0 --iters 600 --out DIR \
+        --results align/results
+    python -m align.step13_train --summary     # the 2 x 2 over every run in align/results
+
+Each side writes ``DIR/<run>_<side>.npy`` (reprod_log's format: ``np.save`` of a dict) with per
+iteration ``loss``, ``loss_cls``, ``loss_bbox`` (sums over the 5 levels), ``lr``, ``grad_norm``
+(before clipping), ``ghmc.acc_sum`` [iters, 30] and ``ghmr.acc_sum`` [iters, 10] (GHM), the
+per-level losses of the first 10 iterations ``it{k}.loss_{cls,bbox}.P{3-7}``, two BN running
+statistics after training, and ``DIR/<run>_<side>_dets.json`` (detections on the val split, COCO
+results). The Paddle side reads the torch side's initial weights from DIR (``--init mmdet``).
+``--compare`` (no paddle, no torch: pycocotools and matplotlib) scores both detection files with
+the same COCOeval, prints the table, writes ``DIR/<run>_compare.json`` and ``DIR/<run>.png`` and,
+with ``--results``, copies both to that folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from align import train_data
+
+DEFAULT_DATA_ROOT = os.path.join("/tmp", "ppdet_ghm_step13_data")
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+PREFIX_ITERS = 10
+SMOOTH_WINDOW = 50
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--side", choices=("torch", "paddle"), help="train one side")
+    mode.add_argument("--prepare", action="store_true", help="generate the data arrays")
+    mode.add_argument("--compare", action="store_true", help="compare both sides' logs")
+    mode.add_argument(
+        "--summary",
+        action="store_true",
+        help="the 2 x 2 over every run compared into --results: AP by loss, side and seed",
+    )
+    parser.add_argument("--loss", choices=("ghm", "focal"), default="ghm")
+    parser.add_argument("--optim", choices=tuple(train_data.OPTIMS), default="adamw")
+    parser.add_argument("--seed", type=int, default=0, help="weights and batch order seed")
+    parser.add_argument("--iters", type=int, default=600)
+    parser.add_argument("--out", default="output/step13", help="folder of logs and detections")
+    parser.add_argument(
+        "--ref", default=None, help="folder of the torch log to compare with (default --out)"
+    )
+    parser.add_argument(
+        "--init",
+        choices=("mmdet", "numpy"),
+        default="mmdet",
+        help="mmdet: torch's seeded init_weights() (the Paddle side reads the arrays the torch "
+        "side saved in --out); numpy: align.train_data.numpy_init (same distributions, no torch)",
+    )
+    parser.add_argument("--data-root", default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--num-train", type=int, default=800)
+    parser.add_argument("--num-val", type=int, default=200)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--data-seed", type=int, default=0, help="DemoDataSpec seed")
+    parser.add_argument(
+        "--image-format", choices=("jpg", "png"), default="jpg", help="png: no libjpeg in the data"
+    )
+    parser.add_argument("--no-eval", dest="eval", action="store_false", help="skip detections")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of the side")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="float64: both models in double precision (the CI prefix: no float32 rounding to "
+        "push a GHM sample across a bin edge)",
+    )
+    parser.add_argument("--print-every", type=int, default=50)
+    parser.add_argument("--results", default=None, help="--compare: also copy JSON + PNG here")
+    return parser
+
+
+def data_args(args) -> train_data.DataArgs:
+    return train_data.DataArgs(
+        args.num_train, args.num_val, args.image_size, args.data_seed, args.image_format
+    )
+
+
+def load_data(args) -> dict:
+    folder = train_data.data_dir_for(args.data_root, data_args(args))
+    return {"train": train_data.load(folder, "train"), "val": train_data.load(folder, "val")}
+
+
+def run_name(args) -> str:
+    name = train_data.run_name(args.loss, args.optim, args.seed, args.iters)
+    return name if args.dtype == "float32" else f"{name}_{args.dtype}"
+
+
+def log_file(folder: str, args, side: str) -> str:
+    return os.path.join(folder, f"{run_name(args)}_{side}.npy")
+
+
+def run_side(args, mutate=None) -> dict:
+    """Train one side; returns and writes its log (``--out``)."""
+    os.makedirs(args.out, exist_ok=True)
+    data = load_data(args)
+    start = time.time()
+    if args.side == "torch":
+        from align import train_torch
+
+        log = train_torch.train(args, data, args.out)
+    else:
+        from align import train_paddle
+
+        if args.init == "mmdet":
+            path = os.path.join(args.ref or args.out, f"step13_init_mmdet_s{args.seed}.npz")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path} is missing: run the torch side first")
+            with np.load(path) as f:
+                arrays = {k: f[k] for k in f.files}
+        else:
+            arrays = train_data.numpy_init(args.seed)
+        log = train_paddle.train(args, data, args.out, arrays, mutate=mutate)
+    log["meta.wall_s"] = np.array([time.time() - start])
+    log["meta.iters"] = np.array([args.iters])
+    log["meta.seed"] = np.array([args.seed])
+    np.save(log_file(args.out, args, args.side), log)
+    return log
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+def rel_diff(a, b, floor: float = 1e-12):
+    """Element-wise ``|a - b| / max(|b|, floor)`` (``b`` the reference)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.abs(a - b) / np.maximum(np.abs(b), floor)
+
+
+def smooth(x, window: int = SMOOTH_WINDOW):
+    """Trailing moving average over ``window`` iterations (shorter at the start)."""
+    x = np.asarray(x, np.float64)
+    c = np.concatenate([[0.0], np.cumsum(x)])
+    idx = np.arange(1, len(x) + 1)
+    lo = np.maximum(idx - window, 0)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def prefix_diffs(torch_log: dict, paddle_log: dict, iters: int = PREFIX_ITERS) -> dict:
+    """Max relative difference over the first ``iters`` iterations of each logged series."""
+    out = {}
+    n = min(iters, len(torch_log["loss"]), len(paddle_log["loss"]))
+    for key in ("loss", "loss_cls", "loss_bbox", "lr", "grad_norm"):
+        out[key] = float(rel_diff(paddle_log[key][:n], torch_log[key][:n]).max())
+    for key in ("ghmc.acc_sum", "ghmr.acc_sum"):
+        if key in torch_log and key in paddle_log:
+            t, p = torch_log[key][:n], paddle_log[key][:n]
+            out[key] = float((np.abs(p - t).max(axis=1) / np.abs(t).max(axis=1)).max())
+    return out
+
+
+def check_same_start(torch_log: dict, paddle_log: dict):
+    for key in ("meta.weights_sha256", "meta.data_sha256"):
+        if not np.array_equal(torch_log[key], paddle_log[key]):
+            raise ValueError(f"the two logs were made from different {key.split('.')[1]}")
+
+
+def coco_scores(annotation_file: str, dets_file: str) -> dict:
+    """COCOeval bbox stats (AP .. ARl) of a detections file; all -1 if it is empty."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    names = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+    with open(dets_file) as f:
+        dets = json.load(f)
+    if not dets:
+        return dict.fromkeys(names, -1.0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(annotation_file)
+        dt = gt.loadRes(dets)
+        ev = COCOeval(gt, dt, iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {n: float(v) for n, v in zip(names, ev.stats, strict=True)}
+
+
+def compare(args) -> dict:
+    """Table of both sides' runs, one PNG; returns the summary written as JSON."""
+    ref = args.ref or args.out
+    torch_log = np.load(log_file(ref, args, "torch"), allow_pickle=True).item()
+    paddle_log = np.load(log_file(args.out, args, "paddle"), allow_pickle=True).item()
+    check_same_start(torch_log, paddle_log)
+    n = min(len(torch_log["loss"]), len(paddle_log["loss"]))
+    summary = {
+        "run": run_name(args),
+        "iters": n,
+        "first_iters_max_rel_diff": prefix_diffs(torch_log, paddle_log),
+        "smoothed_max_rel_diff": {},
+        "final_smoothed": {},
+        "wall_s": {},
+        "coco": {},
+    }
+    for key in ("loss", "loss_cls", "loss_bbox"):
+        st, sp = smooth(torch_log[key][:n]), smooth(paddle_log[key][:n])
+        summary["smoothed_max_rel_diff"][key] = float(rel_diff(sp, st).max())
+        summary["final_smoothed"][key] = {"torch": float(st[-1]), "paddle": float(sp[-1])}
+    for side, log, folder in (("torch", torch_log, ref), ("paddle", paddle_log, args.out)):
+        summary["wall_s"][side] = {
+            k.split(".")[1]: float(log[k][0])
+            for k in ("meta.train_wall_s", "meta.eval_wall_s", "meta.wall_s")
+            if k in log
+        }
+        dets = os.path.join(folder, f"{summary['run']}_{side}_dets.json")
+        if os.path.isfile(dets):
+            folder_data = train_data.data_dir_for(args.data_root, data_args(args))
+            ann = os.path.join(folder_data, "coco", "annotations", "instances_val.json")
+            summary["coco"][side] = coco_scores(ann, dets)
+    print(format_summary(summary))
+    os.makedirs(args.out, exist_ok=True)
+    json_path = os.path.join(args.out, f"{summary['run']}_compare.json")
+    with open(json_path, "w") as f:
+        json.dump(summary, f, indent=1, sort_keys=True)
+    png = os.path.join(args.out, f"{summary['run']}.png")
+    plot(torch_log, paddle_log, png, summary["run"])
+    if args.results:
+        os.makedirs(args.results, exist_ok=True)
+        for path in (json_path, png):
+            shutil.copy(path, args.results)
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"## {s['run']} ({s['iters']} iterations)", ""]
+    lines += ["| quantity | max rel diff, first 10 it. | smoothed (50 it.) max rel diff |"]
+    lines += ["|---|---|---|"]
+    first, smoothed = s["first_iters_max_rel_diff"], s["smoothed_max_rel_diff"]
+    for key in first:
+        sm = smoothed.get(key)
+        lines.append(f"| {key} | {first[key]:.2e} | {'' if sm is None else f'{sm:.2e}'} |")
+    lines += ["", "| side | AP | AP50 | AP75 | APs | APm | APl | final loss (50 it.) | train s |"]
+    lines += ["|---|---|---|---|---|---|---|---|---|"]
+    for side in ("torch", "paddle"):
+        c = s["coco"].get(side)
+        keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+        ap = " | ".join(f"{100 * c[k]:.1f}" if c else "-" for k in keys)
+        wall = s["wall_s"][side].get("train_wall_s", float("nan"))
+        loss = s["final_smoothed"]["loss"][side]
+        lines.append(f"| {side} | {ap} | {loss:.4f} | {wall:.0f} |")
+    return "\n".join(lines)
+
+
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+SIDES = ("torch", "paddle")
+
+
+def summary(results: str) -> dict:
+    """The 2 x 2 {loss} x {mmdet, ours} over the ``*_compare.json`` files in ``results``.
+
+    Per loss and optimizer: each side's COCO numbers per seed and their mean, the seed-to-seed
+    spread of AP (max - min over seeds, per side), ours - mmdet per seed, and per side the
+    GHM - Focal gap of the mean AP. Written to ``results/step13_summary.json``.
+    """
+    runs = {}
+    for name in sorted(os.listdir(results)):
+        if not (name.startswith("step13_") and name.endswith("_compare.json")):
+            continue
+        with open(os.path.join(results, name)) as f:
+            s = json.load(f)
+        _, loss, optim, seed, _ = s["run"].split("_", 4)
+        if set(s["coco"]) != set(SIDES):
+            continue
+        group = runs.setdefault(f"{loss}_{optim}", {"loss": loss, "optim": optim, "seeds": {}})
+        group["seeds"][seed] = {
+            "coco": {side: {k: 100 * s["coco"][side][k] for k in AP_KEYS} for side in SIDES},
+            "first_iters_max_rel_diff": s["first_iters_max_rel_diff"]["loss"],
+            "smoothed_max_rel_diff": s["smoothed_max_rel_diff"]["loss"],
+            "train_wall_s": {side: s["wall_s"][side].get("train_wall_s") for side in SIDES},
+        }
+    for group in runs.values():
+        seeds = group["seeds"].values()
+        group["mean"] = {
+            side: {k: float(np.mean([r["coco"][side][k] for r in seeds])) for k in AP_KEYS}
+            for side in SIDES
+        }
+        group["seed_spread_AP"] = {
+            side: float(np.ptp([r["coco"][side]["AP"] for r in seeds])) for side in SIDES
+        }
+        group["ours_minus_mmdet_AP"] = {
+            seed: r["coco"]["paddle"]["AP"] - r["coco"]["torch"]["AP"]
+            for seed, r in group["seeds"].items()
+        }
+    out = {"runs": runs}
+    for optim in {g["optim"] for g in runs.values()}:
+        ghm, focal = runs.get(f"ghm_{optim}"), runs.get(f"focal_{optim}")
+        if ghm and focal:
+            out[f"ghm_minus_focal_AP_{optim}"] = {
+                side: ghm["mean"][side]["AP"] - focal["mean"][side]["AP"] for side in SIDES
+            }
+    with open(os.path.join(results, "step13_summary.json"), "w") as f:
+        json.dump(out, f, indent=1, sort_keys=True)
+    return out
+
+
+def format_table_2x2(out: dict) -> str:
+    """Markdown: one row per loss, side and seed, then the means, spreads and gaps."""
+    lines = ["| loss | optimizer | side | seed | " + " | ".join(AP_KEYS) + " |"]
+    lines.append("|---|---|---|---|" + "---:|" * len(AP_KEYS))
+    label = {"torch": "mmdet", "paddle": "ours"}
+    for group in out["runs"].values():
+        for side in SIDES:
+            for seed, r in sorted(group["seeds"].items()):
+                ap = " | ".join(f"{r['coco'][side][k]:.1f}" for k in AP_KEYS)
+                lines.append(
+                    f"| {group['loss']} | {group['optim']} | {label[side]} | {seed} | {ap} |"
+                )
+            mean = " | ".join(f"**{group['mean'][side][k]:.1f}**" for k in AP_KEYS)
+            lines.append(f"| {group['loss']} | {group['optim']} | {label[side]} | mean | {mean} |")
+    lines.append("")
+    for group in out["runs"].values():
+        diffs = ", ".join(
+            f"{seed} {d:+.1f}" for seed, d in sorted(group["ours_minus_mmdet_AP"].items())
+        )
+        spread = group["seed_spread_AP"]
+        lines.append(
+            f"- {group['loss']} ({group['optim']}): ours - mmdet AP by seed {diffs}; seed-to-seed "
+            f"spread of AP: mmdet {spread['torch']:.1f}, ours {spread['paddle']:.1f}"
+        )
+    for key, gap in out.items():
+        if key.startswith("ghm_minus_focal"):
+            lines.append(
+                f"- GHM - Focal, mean AP ({key.rsplit('_', 1)[1]}): mmdet {gap['torch']:+.1f}, "
+                f"ours {gap['paddle']:+.1f}"
+            )
+    return "\n".join(lines)
+
+
+def plot(torch_log: dict, paddle_log: dict, path: str, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ("loss", "loss_cls", "loss_bbox")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, key in zip(axes, keys, strict=True):
+        for log, name, colour in (
+            (torch_log, "mmdet (torch)", "C0"),
+            (paddle_log, "ours (Paddle)", "C1"),
+        ):
+            y = np.asarray(log[key])
+            ax.plot(y, color=colour, alpha=0.25, linewidth=0.7)
+            ax.plot(smooth(y), color=colour, label=f"{name}, {SMOOTH_WINDOW}-it. mean")
+        ax.set_title(key)
+        ax.set_xlabel("iteration")
+        ax.set_yscale("log")
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.prepare:
+        folder = train_data.data_dir_for(args.data_root, data_args(args))
+        meta = train_data.prepare(folder, data_args(args))
+        print(f"wrote {folder} ({json.dumps(meta['spec'])})")
+        return 0
+    if args.compare:
+        compare(args)
+        return 0
+    if args.summary:
+        print(format_table_2x2(summary(args.results or RESULTS_DIR)))
+        return 0
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    os.environ.setdefault("MKL_NUM_THREADS", str(args.threads))
+    log = run_side(args)
+    print(
+        f"wrote {log_file(args.out, args, args.side)}: final loss {log['loss'][-1]:.5f}, "
+        f"{log['meta.wall_s'][0]:.0f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
