@@ -55,6 +55,11 @@ def build_parser():
     mode.add_argument("--prepare", action="store_true", help="generate the data arrays")
     mode.add_argument("--compare", action="store_true", help="compare both sides' logs")
     mode.add_argument(
+        "--scores",
+        action="store_true",
+        help="histograms of true and false detection scores of both losses and sides (PNG)",
+    )
+    mode.add_argument(
         "--summary",
         action="store_true",
         help="the 2 x 2 over every run compared into --results: AP by loss, side and seed",
@@ -269,6 +274,75 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+def detection_scores(annotation_file: str, dets_file: str) -> dict:
+    """Scores of the true and false detections: ``{"true": [...], "false": [...]}``.
+
+    True: matched to a gt box of its class at IoU >= 0.5 by COCOeval's own greedy matching (all
+    areas, 100 detections per image); false: every other kept detection.
+    """
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with open(dets_file) as f:
+        dets = json.load(f)
+    out = {"true": [], "false": []}
+    if not dets:
+        return out
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(annotation_file)
+        ev = COCOeval(gt, gt.loadRes(dets), iouType="bbox")
+        ev.evaluate()
+    all_areas = ev.params.areaRng[0]
+    for record in ev.evalImgs:
+        if record is None or record["aRng"] != all_areas:
+            continue
+        for score, matched in zip(record["dtScores"], record["dtMatches"][0], strict=True):
+            out["true" if matched > 0 else "false"].append(float(score))
+    return out
+
+
+def score_histograms(args) -> dict:
+    """One PNG of the true / false detection scores for {ghm, focal} x {mmdet, ours}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = train_data.data_dir_for(args.data_root, data_args(args))
+    ann = os.path.join(folder, "coco", "annotations", "instances_val.json")
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    medians = {}
+    bins = np.linspace(0.0, 1.0, 21)
+    for row, loss in enumerate(("ghm", "focal")):
+        run = f"step13_{loss}_{args.optim}_s{args.seed}_it{args.iters}"
+        for col, (side, label) in enumerate((("torch", "mmdet"), ("paddle", "ours"))):
+            scores = detection_scores(ann, os.path.join(args.out, f"{run}_{side}_dets.json"))
+            ax = axes[row, col]
+            for kind, colour in (("true", "C2"), ("false", "C3")):
+                ax.hist(
+                    scores[kind], bins=bins, color=colour, alpha=0.6, label=f"{kind} detections"
+                )
+                medians[f"{loss}.{side}.{kind}"] = (
+                    float(np.median(scores[kind])) if scores[kind] else float("nan")
+                )
+            ax.set_yscale("log")  # ~100 true against ~20,000 false detections
+            ax.set_ylabel("detections")
+            ax.set_title(f"{loss.upper()} loss, {label}")
+            ax.set_xlabel("score")
+            ax.legend()
+    fig.suptitle(f"detection scores on the val split (seed {args.seed}, {args.optim})")
+    fig.tight_layout()
+    os.makedirs(args.results or RESULTS_DIR, exist_ok=True)
+    path = os.path.join(args.results or RESULTS_DIR, f"step13_scores_{args.optim}_s{args.seed}.png")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    print(f"wrote {path}; median scores: " + json.dumps(medians))
+    return medians
+
+
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 SIDES = ("torch", "paddle")
 
@@ -389,6 +463,9 @@ def main(argv=None) -> int:
         return 0
     if args.compare:
         compare(args)
+        return 0
+    if args.scores:
+        score_histograms(args)
         return 0
     if args.summary:
         print(format_table_2x2(summary(args.results or RESULTS_DIR)))
