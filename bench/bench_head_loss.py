@@ -4,7 +4,7 @@ Per call: anchors, valid flags, max-IoU assignment and targets for every image, 
 per-level GHM-C and GHM-R calls (the reference's granularity), then backward to the head outputs.
 mmdet: ``bbox_head.loss_by_feat(cls_scores, bbox_preds, gts, metas)``; ours:
 ``head.get_loss((cls_logits, bbox_deltas), inputs)``. Each side first computes the head outputs of
-the same weights and images once (the two sides' outputs agree to float32 rounding, issue [D]),
+the same weights and images once (the two sides' outputs agree to float32 rounding, align/),
 so both bin the same gradient norms and see the same positives.
 
 The ``GHM ms`` columns are the time inside the GHM loss calls' forward (hooks), the rest of the

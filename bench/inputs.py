@@ -3,7 +3,7 @@
 Same layout as ``align.data.fake_batch`` (what both data pipelines hand the model after
 normalisation and padding to a multiple of 32), at benchmark sizes:
 
-- ``b2_512``: 2 images of 512x512 (batch 2, the issue's small training case);
+- ``b2_512``: 2 images of 512x512 (batch 2, the small training case);
 - ``b1_800x1333``: 1 image of 800x1333 (the reference's training/test scale), padded to 800x1344;
 - ``b1_512``: 1 image of 512x512 (a cheap inference case).
 

@@ -1,7 +1,7 @@
 """Run every model benchmark (train step, head loss, inference) with the same settings, in sequence.
 
 Each benchmark prints its own markdown table; with ``--json-dir`` each also writes
-``<json-dir>/<script>.json``. The GHM-loss micro-benchmark of issue [B] is separate:
+``<json-dir>/<script>.json``. The GHM-loss micro-benchmark is separate:
 ``python -m bench.bench_ghm_loss``.
 
     python -m bench.run_all --repeats 5 --warmup 2 --json-dir bench/results
