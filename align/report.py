@@ -224,12 +224,15 @@ def compare(
                 margin_value,
             )
         )
-    unjudged = sorted(k for k in torch_log if k not in covered and not k.startswith("meta."))
-    if unjudged:
-        rows.append(
-            Row(step, "unjudged keys", math.nan, math.nan, "-", STATUS_FAIL, ", ".join(unjudged))
-        )
-    return rows
+    return rows + unjudged_rows(step, (k for k in torch_log if k not in covered))
+
+
+def unjudged_rows(step: str, keys) -> list[Row]:
+    """One FAIL row naming the logged ``keys`` that no check judged (``meta.*`` aside), or none."""
+    unjudged = sorted(k for k in keys if not k.startswith("meta."))
+    if not unjudged:
+        return []
+    return [Row(step, "unjudged keys", math.nan, math.nan, "-", STATUS_FAIL, ", ".join(unjudged))]
 
 
 def _box_iou(a: np.ndarray, b: np.ndarray):

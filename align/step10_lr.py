@@ -48,7 +48,6 @@ warmup is 1e-3 relative and of a decay 9.
 """
 
 import contextlib
-import math
 import os
 import sys
 
@@ -463,14 +462,7 @@ def judge(args, torch_log, paddle_log):
                     d["max_rel"],
                 )
             )
-    unjudged = sorted(k for k in torch_log if k not in used and not k.startswith("meta."))
-    if unjudged:
-        rows.append(
-            report.Row(
-                STEP, "unjudged keys", math.nan, math.nan, "-", report.STATUS_FAIL, str(unjudged)
-            )
-        )
-    return rows
+    return rows + report.unjudged_rows(STEP, (k for k in torch_log if k not in used))
 
 
 if __name__ == "__main__":

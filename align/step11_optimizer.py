@@ -390,18 +390,12 @@ def judge(args, torch_log, paddle_log):
         )
     rows += _per_step_rows(args, torch_log, paddle_log, "param", "param")
     rows += _per_step_rows(args, torch_log, paddle_log, "velocity", "velocity")
-    extra = sorted(
+    extra = (
         k
         for k in set(torch_log) | set(paddle_log)
         if k.startswith(("param.", "velocity.")) and k.split(".", 1)[1] not in PARAMS
     )
-    if extra:
-        rows.append(
-            report.Row(
-                STEP, "unjudged keys", np.nan, np.nan, "-", report.STATUS_FAIL, ", ".join(extra)
-            )
-        )
-    return rows
+    return rows + report.unjudged_rows(STEP, extra)
 
 
 if __name__ == "__main__":

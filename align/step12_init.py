@@ -341,16 +341,8 @@ def judge(args, torch_log, paddle_log):
                 )
             )
     rows += _distribution_rows(args, torch_log, paddle_log)
-    extra = sorted(
-        k for k in torch_log if k.startswith(per_layer) and k.split(".", 1)[1] not in LAYERS
-    )
-    if extra:
-        rows.append(
-            report.Row(
-                STEP, "unjudged keys", math.nan, math.nan, "-", report.STATUS_FAIL, ", ".join(extra)
-            )
-        )
-    return rows
+    extra = (k for k in torch_log if k.startswith(per_layer) and k.split(".", 1)[1] not in LAYERS)
+    return rows + report.unjudged_rows(STEP, extra)
 
 
 if __name__ == "__main__":
