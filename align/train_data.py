@@ -341,3 +341,16 @@ def detections_to_coco(per_image, image_ids) -> list[dict]:
                 }
             )
     return results
+
+
+def finish_log(log: dict, acc: dict, train_s: float, weights_digest, data_digest) -> dict:
+    """The run's log as saved by both sides: per-iteration lists as float64 arrays, ``acc_sum``
+    histories stacked to [iters, bins], wall time and the weights / data digests (``meta.*``)."""
+    out = {k: np.asarray(v, dtype=np.float64) for k, v in log.items()}
+    for k, v in acc.items():
+        if v:
+            out[k] = np.stack(v)
+    out["meta.train_wall_s"] = np.array([train_s])
+    out["meta.weights_sha256"] = weights_digest
+    out["meta.data_sha256"] = data_digest
+    return out

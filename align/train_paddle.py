@@ -192,13 +192,9 @@ def train(args, data: dict, out_dir: str, arrays: dict[str, np.ndarray], mutate=
         for hook in hooks:
             hook.remove()
     train_s = time.time() - start
-    out = {k: np.asarray(v, dtype=np.float64) for k, v in log.items()}
-    for k, v in acc.items():
-        if v:
-            out[k] = np.stack(v)
-    out["meta.train_wall_s"] = np.array([train_s])
-    out["meta.weights_sha256"] = train_data.weights_digest(arrays)
-    out["meta.data_sha256"] = data["train"]["digest"]
+    out = train_data.finish_log(
+        log, acc, train_s, train_data.weights_digest(arrays), data["train"]["digest"]
+    )
     state = model.state_dict()
     from ppdet_ghm.convert import mmdet_retinanet_table
 

@@ -251,13 +251,9 @@ def train(args, data: dict, out_dir: str) -> dict:
                 flush=True,
             )
     train_s = time.time() - start
-    out = {k: np.asarray(v, dtype=np.float64) for k, v in log.items()}
-    for k, v in acc.items():
-        if v:
-            out[k] = np.stack(v)
-    out["meta.train_wall_s"] = np.array([train_s])
-    out["meta.weights_sha256"] = train_data.weights_digest(init)
-    out["meta.data_sha256"] = data["train"]["digest"]
+    out = train_data.finish_log(
+        log, acc, train_s, train_data.weights_digest(init), data["train"]["digest"]
+    )
     state = model.state_dict()
     for name in ("backbone.layer1.0.bn1.running_var", "backbone.layer4.1.bn2.running_mean"):
         out[f"final.{name}"] = state[name].numpy().copy()
