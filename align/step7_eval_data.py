@@ -161,15 +161,22 @@ def pixel_checks(args, kind: str, gating: bool, tolerant: bool, label: str = "",
     return checks
 
 
-def judge(args, torch_log, paddle_log):
-    exact, rounded = r"exact\..*", r"rounded\..*"
-    checks = [
+def image_checks(args, prefix: str = ""):
+    """Checks of the network inputs of every image: padded shape, ``im_shape``, ``scale_factor``,
+    pixels and padding, on exact and rounded grids (steps 7 and 9; ``prefix``: step 9's flip).
+
+    On rounded grids ppdet's Resize samples at 1 / s where mmcv samples at input / output size,
+    and keeps h * s unrounded in im_shape: they gate at the tolerant thresholds, and the same
+    quantities are reported (INFO, not gating) at the exact ones.
+    """
+    exact, rounded = prefix + r"exact\..*", prefix + r"rounded\..*"
+    return [
         report.Check("padded shape [3, Hp, Wp]", r".*\.shape", "exact"),
         report.Check("exact grid: im_shape (h, w)", exact + r"\.im_shape", "exact"),
         report.Check(
             "exact grid: scale_factor (h, w)", exact + r"\.scale_factor", "relative", rel=1e-7
         ),
-        *pixel_checks(args, "exact", gating=True, tolerant=False),
+        *pixel_checks(args, "exact", gating=True, tolerant=False, prefix=prefix),
         report.Check("padding is zero", r".*\.pad_max_abs", "exact"),
         report.Check(
             "rounded grid: im_shape (h, w)", rounded + r"\.im_shape", "max_abs", max_abs=0.5
@@ -180,9 +187,7 @@ def judge(args, torch_log, paddle_log):
             "relative",
             rel=args.rounded_scale_rel,
         ),
-        *pixel_checks(args, "rounded", gating=True, tolerant=True),
-        # the same quantities at the exact thresholds: ppdet's Resize samples at 1 / s, mmcv at
-        # input / output size, and keeps h * s unrounded in im_shape (reported, not gating)
+        *pixel_checks(args, "rounded", gating=True, tolerant=True, prefix=prefix),
         report.Check(
             "rounded grid: im_shape, exact", rounded + r"\.im_shape", "exact", gating=False
         ),
@@ -193,8 +198,14 @@ def judge(args, torch_log, paddle_log):
             rel=1e-7,
             gating=False,
         ),
-        *pixel_checks(args, "rounded", gating=False, tolerant=False, label=", exact"),
+        *pixel_checks(
+            args, "rounded", gating=False, tolerant=False, label=", exact", prefix=prefix
+        ),
     ]
+
+
+def judge(args, torch_log, paddle_log):
+    checks = image_checks(args)
     return report.compare(STEP, torch_log, paddle_log, checks)
 
 
