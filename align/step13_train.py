@@ -34,13 +34,14 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 from align import train_data
 
-DEFAULT_DATA_ROOT = os.path.join("/tmp", "ppdet_ghm_step13_data")
+DEFAULT_DATA_ROOT = os.path.join(tempfile.gettempdir(), "ppdet_ghm_step13_data")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 PREFIX_ITERS = 10
 SMOOTH_WINDOW = 50
@@ -85,6 +86,13 @@ def build_parser():
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--data-seed", type=int, default=0, help="DemoDataSpec seed")
     parser.add_argument(
+        "--data-kind",
+        choices=("shapes", "marks"),
+        default="shapes",
+        help="the generated set (DemoDataSpec.kind): the demo's shapes, or marks (other classes "
+        "and colours, mostly small objects)",
+    )
+    parser.add_argument(
         "--image-format", choices=("jpg", "png"), default="jpg", help="png: no libjpeg in the data"
     )
     parser.add_argument("--no-eval", dest="eval", action="store_false", help="skip detections")
@@ -103,7 +111,12 @@ def build_parser():
 
 def data_args(args) -> train_data.DataArgs:
     return train_data.DataArgs(
-        args.num_train, args.num_val, args.image_size, args.data_seed, args.image_format
+        args.num_train,
+        args.num_val,
+        args.image_size,
+        args.data_seed,
+        args.image_format,
+        args.data_kind,
     )
 
 
@@ -113,7 +126,7 @@ def load_data(args) -> dict:
 
 
 def run_name(args) -> str:
-    name = train_data.run_name(args.loss, args.optim, args.seed, args.iters)
+    name = train_data.run_name(args.loss, args.optim, args.seed, args.iters, args.data_kind)
     return name if args.dtype == "float32" else f"{name}_{args.dtype}"
 
 
@@ -317,7 +330,7 @@ def score_histograms(args) -> dict:
     medians = {}
     bins = np.linspace(0.0, 1.0, 21)
     for row, loss in enumerate(("ghm", "focal")):
-        run = f"step13_{loss}_{args.optim}_s{args.seed}_it{args.iters}"
+        run = train_data.run_name(loss, args.optim, args.seed, args.iters, args.data_kind)
         for col, (side, label) in enumerate((("torch", "mmdet"), ("paddle", "ours"))):
             scores = detection_scores(ann, os.path.join(args.out, f"{run}_{side}_dets.json"))
             ax = axes[row, col]
@@ -336,7 +349,9 @@ def score_histograms(args) -> dict:
     fig.suptitle(f"detection scores on the val split (seed {args.seed}, {args.optim})")
     fig.tight_layout()
     os.makedirs(args.results or RESULTS_DIR, exist_ok=True)
-    path = os.path.join(args.results or RESULTS_DIR, f"step13_scores_{args.optim}_s{args.seed}.png")
+    kind = "" if args.data_kind == "shapes" else f"_{args.data_kind}"
+    name = f"step13_scores_{args.optim}_s{args.seed}{kind}.png"
+    path = os.path.join(args.results or RESULTS_DIR, name)
     fig.savefig(path, dpi=80)
     plt.close(fig)
     print(f"wrote {path}; median scores: " + json.dumps(medians))
@@ -360,10 +375,12 @@ def summary(results: str) -> dict:
             continue
         with open(os.path.join(results, name)) as f:
             s = json.load(f)
-        _, loss, optim, seed, _ = s["run"].split("_", 4)
+        _, loss, optim, seed, rest = s["run"].split("_", 4)
+        kind = rest.split("_")[1] if "_" in rest else "shapes"
         if set(s["coco"]) != set(SIDES):
             continue
-        group = runs.setdefault(f"{loss}_{optim}", {"loss": loss, "optim": optim, "seeds": {}})
+        key = f"{loss}_{optim}" + ("" if kind == "shapes" else f"_{kind}")
+        group = runs.setdefault(key, {"loss": loss, "optim": optim, "kind": kind, "seeds": {}})
         group["seeds"][seed] = {
             "coco": {side: {k: 100 * s["coco"][side][k] for k in AP_KEYS} for side in SIDES},
             "first_iters_max_rel_diff": s["first_iters_max_rel_diff"]["loss"],
@@ -384,10 +401,11 @@ def summary(results: str) -> dict:
             for seed, r in group["seeds"].items()
         }
     out = {"runs": runs}
-    for optim in {g["optim"] for g in runs.values()}:
-        ghm, focal = runs.get(f"ghm_{optim}"), runs.get(f"focal_{optim}")
+    for optim, kind in {(g["optim"], g["kind"]) for g in runs.values()}:
+        suffix = "" if kind == "shapes" else f"_{kind}"
+        ghm, focal = runs.get(f"ghm_{optim}{suffix}"), runs.get(f"focal_{optim}{suffix}")
         if ghm and focal:
-            out[f"ghm_minus_focal_AP_{optim}"] = {
+            out[f"ghm_minus_focal_AP_{optim}{suffix}"] = {
                 side: ghm["mean"][side]["AP"] - focal["mean"][side]["AP"] for side in SIDES
             }
     with open(os.path.join(results, "step13_summary.json"), "w") as f:
@@ -396,19 +414,18 @@ def summary(results: str) -> dict:
 
 
 def format_table_2x2(out: dict) -> str:
-    """Markdown: one row per loss, side and seed, then the means, spreads and gaps."""
-    lines = ["| loss | optimizer | side | seed | " + " | ".join(AP_KEYS) + " |"]
-    lines.append("|---|---|---|---|" + "---:|" * len(AP_KEYS))
+    """Markdown: one row per data, loss, side and seed, then the means, spreads and gaps."""
+    lines = ["| data | loss | optimizer | side | seed | " + " | ".join(AP_KEYS) + " |"]
+    lines.append("|---|---|---|---|---|" + "---:|" * len(AP_KEYS))
     label = {"torch": "mmdet", "paddle": "ours"}
     for group in out["runs"].values():
+        run = f"| {group['kind']} | {group['loss']} | {group['optim']}"
         for side in SIDES:
             for seed, r in sorted(group["seeds"].items()):
                 ap = " | ".join(f"{r['coco'][side][k]:.1f}" for k in AP_KEYS)
-                lines.append(
-                    f"| {group['loss']} | {group['optim']} | {label[side]} | {seed} | {ap} |"
-                )
+                lines.append(f"{run} | {label[side]} | {seed} | {ap} |")
             mean = " | ".join(f"**{group['mean'][side][k]:.1f}**" for k in AP_KEYS)
-            lines.append(f"| {group['loss']} | {group['optim']} | {label[side]} | mean | {mean} |")
+            lines.append(f"{run} | {label[side]} | mean | {mean} |")
     lines.append("")
     for group in out["runs"].values():
         diffs = ", ".join(
@@ -416,13 +433,15 @@ def format_table_2x2(out: dict) -> str:
         )
         spread = group["seed_spread_AP"]
         lines.append(
-            f"- {group['loss']} ({group['optim']}): ours - mmdet AP by seed {diffs}; seed-to-seed "
-            f"spread of AP: mmdet {spread['torch']:.1f}, ours {spread['paddle']:.1f}"
+            f"- {group['kind']}, {group['loss']} ({group['optim']}): ours - mmdet AP by seed "
+            f"{diffs}; seed-to-seed spread of AP: mmdet {spread['torch']:.1f}, ours "
+            f"{spread['paddle']:.1f}"
         )
+    prefix = "ghm_minus_focal_AP_"
     for key, gap in out.items():
-        if key.startswith("ghm_minus_focal"):
+        if key.startswith(prefix):
             lines.append(
-                f"- GHM - Focal, mean AP ({key.rsplit('_', 1)[1]}): mmdet {gap['torch']:+.1f}, "
+                f"- GHM - Focal, mean AP ({key[len(prefix) :]}): mmdet {gap['torch']:+.1f}, "
                 f"ours {gap['paddle']:+.1f}"
             )
     return "\n".join(lines)

@@ -110,10 +110,11 @@ class DataArgs:
     image_size: int = 256
     seed: int = 0
     image_format: str = "jpg"
+    kind: str = "shapes"  # DemoDataSpec.kind: "shapes" (the demo's) or "marks"
 
     def tag(self) -> str:
         return (
-            f"shapes_s{self.seed}_n{self.num_train}_v{self.num_val}_{self.image_size}px_"
+            f"{self.kind}_s{self.seed}_n{self.num_train}_v{self.num_val}_{self.image_size}px_"
             f"{self.image_format}"
         )
 
@@ -154,7 +155,7 @@ def _read_split(coco_dir: Path, split: str):
 
 
 def prepare(data_dir: str, args: DataArgs) -> dict:
-    """Generate the shapes set under ``data_dir/coco`` and write its fixed arrays; returns meta.
+    """Generate the demo set (``args.kind``) under ``data_dir/coco`` and write its fixed arrays.
 
     Generation imports ``ppdet_ghm.data.demo_data``, which (through the ``ppdet_ghm`` package)
     imports paddle: run this once, in its own command (``python -m align.step13_train prepare``),
@@ -171,6 +172,7 @@ def prepare(data_dir: str, args: DataArgs) -> dict:
         num_val=args.num_val,
         image_size=args.image_size,
         image_format=args.image_format,
+        kind=args.kind,
     )
     generate(spec, coco_dir)
     meta = {"spec": dataclasses.asdict(spec), "sha256": {}}
@@ -322,8 +324,10 @@ def weights_digest(state_dict: dict[str, np.ndarray]) -> np.ndarray:
 # ----------------------------------------------------------------------------- logs
 
 
-def run_name(loss: str, optim: str, seed: int, iters: int) -> str:
-    return f"step13_{loss}_{optim}_s{seed}_it{iters}"
+def run_name(loss: str, optim: str, seed: int, iters: int, kind: str = "shapes") -> str:
+    """``step13_{loss}_{optim}_s{seed}_it{iters}``, then ``_{kind}`` for another data kind."""
+    name = f"step13_{loss}_{optim}_s{seed}_it{iters}"
+    return name if kind == "shapes" else f"{name}_{kind}"
 
 
 def detections_to_coco(per_image, image_ids) -> list[dict]:

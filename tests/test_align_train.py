@@ -149,19 +149,20 @@ def test_summary_of_the_2x2(tmp_path):
     """Means, seed spreads, ours - mmdet and the GHM - Focal gap from hand-made compare files."""
     import json
 
-    def write(loss, seed, ap_torch, ap_paddle):
+    def write(loss, seed, ap_torch, ap_paddle, kind="shapes"):
         coco = {
             side: dict.fromkeys(step13_train.AP_KEYS, ap / 100)
             for side, ap in (("torch", ap_torch), ("paddle", ap_paddle))
         }
+        run = train_data.run_name(loss, "adamw", seed, 600, kind)
         record = {
-            "run": f"step13_{loss}_adamw_s{seed}_it600",
+            "run": run,
             "coco": coco,
             "first_iters_max_rel_diff": {"loss": 1e-4},
             "smoothed_max_rel_diff": {"loss": 0.03},
             "wall_s": {"torch": {"train_wall_s": 10.0}, "paddle": {"train_wall_s": 20.0}},
         }
-        path = tmp_path / f"step13_{loss}_adamw_s{seed}_it600_compare.json"
+        path = tmp_path / f"{run}_compare.json"
         path.write_text(json.dumps(record))
 
     write("ghm", 0, 32.0, 35.0)
@@ -174,4 +175,8 @@ def test_summary_of_the_2x2(tmp_path):
     assert ghm["ours_minus_mmdet_AP"] == pytest.approx({"s0": 3.0, "s1": -1.0})
     assert out["ghm_minus_focal_AP_adamw"] == pytest.approx({"torch": -27.0, "paddle": -28.0})
     assert (tmp_path / "step13_summary.json").is_file()
-    assert "| ghm | adamw | ours | mean | **34.0** |" in step13_train.format_table_2x2(out)
+    assert "| shapes | ghm | adamw | ours | mean | **34.0** |" in step13_train.format_table_2x2(out)
+    write("ghm", 0, 20.0, 21.0, kind="marks")
+    out = step13_train.summary(str(tmp_path))
+    assert out["runs"]["ghm_adamw_marks"]["mean"]["paddle"]["AP"] == pytest.approx(21.0)
+    assert out["runs"]["ghm_adamw"]["mean"]["torch"]["AP"] == pytest.approx(33.0)
