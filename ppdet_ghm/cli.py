@@ -88,6 +88,13 @@ def _add_image_args(parser: argparse.ArgumentParser):
     parser.add_argument(
         "--draw_threshold", type=float, default=0.5, help="minimum score drawn (default 0.5)"
     )
+    parser.add_argument(
+        "--bad_image",
+        choices=("skip", "error"),
+        default="skip",
+        help="an image that does not decode: skip it (reported by name, counted) or stop "
+        "(default skip)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,7 +263,9 @@ def _cmd_eval(args) -> int:
 def _cmd_infer(args) -> int:
     from ppdet_ghm.engine import tasks
 
-    images = tasks.find_images(args.infer_img or args.infer_dir)
+    images, unreadable = tasks.readable_images(
+        tasks.find_images(args.infer_img or args.infer_dir), args.bad_image
+    )
     if args.model_dir:
         if args.config or args.weights:
             raise _UsageError("infer: give either --model_dir or -c CONFIG/--weights, not both")
@@ -284,8 +293,9 @@ def _cmd_infer(args) -> int:
             threads=args.threads,
         )
     shown = sum(r["score"] >= args.draw_threshold for r in records)
+    skipped = f", {len(unreadable)} unreadable skipped" if unreadable else ""
     print(
-        f"{len(images)} image(s), {len(records)} detection(s), {shown} with score >= "
+        f"{len(images)} image(s){skipped}, {len(records)} detection(s), {shown} with score >= "
         f"{args.draw_threshold} drawn; images and detections.json in {output_dir}"
     )
     return 0

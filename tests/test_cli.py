@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -143,25 +144,25 @@ def test_train_eval_infer_export_through_the_cli(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "per-class AP" in printed and "triangle" in printed
 
+    # a folder with one good image, an empty file and a broken JPEG: the broken ones are
+    # reported and skipped (ppdet's loader would fail on them inside a worker)
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(tmp_path / "data" / "val" / "000001.jpg", images / "000001.jpg")
+    (images / "empty.png").write_bytes(b"")
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     infer_dir = tmp_path / "infer"
-    status = cli.main(
-        [
-            "infer",
-            "-c",
-            config,
-            "-o",
-            *opts,
-            "--weights",
-            weights,
-            "--infer_img",
-            str(tmp_path / "data" / "val" / "000001.jpg"),
-            "--output_dir",
-            str(infer_dir),
-        ]
-    )
+    infer = ["infer", "-c", config, "-o", *opts, "--weights", weights, "--infer_dir", str(images)]
+    capsys.readouterr()
+    status = cli.main([*infer, "--output_dir", str(infer_dir)])
     assert status == 0
-    assert (infer_dir / "000001.jpg").is_file()
-    assert isinstance(json.loads((infer_dir / "detections.json").read_text()), list)
+    assert "1 image(s), 2 unreadable skipped" in capsys.readouterr().out
+    assert sorted(os.listdir(infer_dir)) == ["000001.jpg", "detections.json"]
+    records = json.loads((infer_dir / "detections.json").read_text())
+    assert {r["file_name"] for r in records} <= {"000001.jpg"}
+    status = cli.main([*infer, "--output_dir", str(tmp_path / "infer2"), "--bad_image", "error"])
+    assert status == 1
+    assert "broken.jpg: unreadable image (not a decodable image)" in capsys.readouterr().err
 
 
 def test_missing_weights_is_an_error_not_a_traceback(tmp_path, capsys):

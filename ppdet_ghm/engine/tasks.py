@@ -190,6 +190,48 @@ def find_images(path: str | os.PathLike) -> list[str]:
     return images
 
 
+BAD_IMAGE_POLICIES = ("skip", "error")
+
+
+def readable_images(images: list[str], bad_image: str = "skip") -> tuple[list[str], list[str]]:
+    """Split ``images`` into those that decode and those that do not, as ppdet's ``Decode``
+    reads them (``cv2.imdecode`` of the file's bytes, colour).
+
+    An undecodable file (empty, truncated header, not an image) makes ppdet's reader raise inside
+    a loader worker, which can leave the run waiting forever: it is found here first.
+
+    Args:
+        bad_image: ``"skip"`` logs every unreadable file with the reason and leaves it out;
+            ``"error"`` raises ``ValueError`` naming the first one.
+
+    Returns:
+        (readable paths, unreadable paths), each in the order given.
+    """
+    import cv2
+
+    if bad_image not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"bad_image must be one of {BAD_IMAGE_POLICIES}, got {bad_image!r}")
+    good, bad = [], []
+    for path in images:
+        try:
+            data = np.fromfile(path, dtype=np.uint8)
+            reason = "empty file" if data.size == 0 else None
+            if reason is None and cv2.imdecode(data, cv2.IMREAD_COLOR) is None:
+                reason = "not a decodable image"
+        except OSError as err:
+            reason = str(err)
+        if reason is None:
+            good.append(path)
+            continue
+        if bad_image == "error":
+            raise ValueError(f"{path}: unreadable image ({reason}); --bad_image skip leaves it out")
+        logger.warning("%s: unreadable image (%s), skipped", path, reason)
+        bad.append(path)
+    if not good:
+        raise ValueError(f"none of the {len(images)} image(s) can be read")
+    return good, bad
+
+
 def _write_detections(
     per_image, class_names, category_ids, output_dir, draw_threshold, draw
 ) -> list[dict]:
