@@ -158,7 +158,7 @@ def prepare(data_dir: str, args: DataArgs) -> dict:
     """Generate the demo set (``args.kind``) under ``data_dir/coco`` and write its fixed arrays.
 
     Generation imports ``ppdet_ghm.data.demo_data``, which (through the ``ppdet_ghm`` package)
-    imports paddle: run this once, in its own command (``python -m align.step13_train prepare``),
+    imports paddle: run this once, in its own command (``python -m align.step13_train --prepare``),
     before either side. Writes ``{split}_{images,boxes,labels,offsets,image_ids}.npy`` and
     ``meta.json`` (spec and the sha256 of every array).
     """
@@ -195,7 +195,7 @@ def load(data_dir: str, split: str = "train") -> dict:
     meta_path = Path(data_dir) / "meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(
-            f"{meta_path} is missing: run `python -m align.step13_train prepare` first"
+            f"{meta_path} is missing: run `python -m align.step13_train --prepare` first"
         )
     meta = json.loads(meta_path.read_text())
     keys = ("images", "boxes", "labels", "offsets", "image_ids")
