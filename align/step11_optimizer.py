@@ -310,34 +310,19 @@ def _per_step_rows(args, torch_log, paddle_log, prefix, quantity):
         key = f"{prefix}.{name}"
         if key not in torch_log and key not in paddle_log:
             continue
+        problem = None
         if key not in torch_log or key not in paddle_log:
-            side = "paddle" if key not in paddle_log else "torch"
+            problem = f"missing on the {'paddle' if key not in paddle_log else 'torch'} side"
+        elif torch_log[key].shape != paddle_log[key].shape:
+            problem = f"shape torch {torch_log[key].shape} vs paddle {paddle_log[key].shape}"
+        if problem is not None:
             rows.append(
                 report.Row(
-                    STEP,
-                    f"{quantity} {name}",
-                    np.nan,
-                    np.nan,
-                    "-",
-                    report.STATUS_FAIL,
-                    f"missing on the {side} side",
+                    STEP, f"{quantity} {name}", np.nan, np.nan, "-", report.STATUS_FAIL, problem
                 )
             )
             continue
         t, p = torch_log[key], paddle_log[key]
-        if t.shape != p.shape:
-            rows.append(
-                report.Row(
-                    STEP,
-                    f"{quantity} {name}",
-                    np.nan,
-                    np.nan,
-                    "-",
-                    report.STATUS_FAIL,
-                    f"shape torch {t.shape} vs paddle {p.shape}",
-                )
-            )
-            continue
         diff = np.abs(p - t).reshape(len(t), -1)
         scale = np.abs(t).reshape(len(t), -1).max(axis=1)
         rel = diff.max(axis=1) / np.where(scale > 0, scale, 1.0)
