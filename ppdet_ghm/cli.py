@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="detections JSON to evaluate (no model)")
     p.add_argument("--gt", default=None, help="ground-truth COCO JSON for --json")
     p.add_argument("--progress", action="store_true", help="progress bar")
+    p.add_argument(
+        "--bad_image",
+        choices=("error", "skip"),
+        default="error",
+        help="an evaluation image that cannot be decoded: stop naming it (default), or leave it "
+        "out of the evaluation (named in the log and metrics.json)",
+    )
 
     p = sub.add_parser("infer", help="detect objects, draw them and write a detections JSON")
     _add_config_args(p, required=False)
@@ -255,6 +262,7 @@ def _cmd_eval(args) -> int:
         output_dir=args.output_dir,
         progress=args.progress,
         threads=args.threads,
+        bad_image=args.bad_image,
     )
     _print_results(results, args.output_dir)
     return 0

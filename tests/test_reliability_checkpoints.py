@@ -1,5 +1,6 @@
 """Checkpoint files: atomic writes, and which checkpoint ``-r auto`` picks (checkpoint_io)."""
 
+import errno
 import json
 import os
 
@@ -107,3 +108,58 @@ def test_only_rank_0_writes(tmp_path, monkeypatch):
 def test_meta_needs_the_files_it_describes(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no \['.pdparams', '.pdopt'\] to describe"):
         write_meta(str(tmp_path / "5"), {"iteration": 5})
+
+
+def _disk_full_on(suffix):
+    """A ``paddle.save`` that writes half a file for ``suffix`` and then fails with ENOSPC."""
+    real_save = paddle.save
+
+    def save(obj, target):
+        if f"{suffix}." in os.path.basename(target):  # the temporary file of that suffix
+            with open(target, "wb") as f:
+                f.write(b"\x80\x04 half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(obj, target)
+
+    return save
+
+
+@pytest.mark.parametrize("failing", [".pdparams", ".pdopt", ".meta.json"])
+def test_a_write_error_removes_the_half_checkpoint_and_names_file_and_last_good(
+    tmp_path, monkeypatch, failing
+):
+    good = _checkpoint(tmp_path, "0", 10)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    layer = paddle.nn.Linear(2, 3)
+    optimizer = paddle.optimizer.SGD(learning_rate=0.1, parameters=layer.parameters())
+    prefix = str(tmp_path / "1")
+    if failing == ".meta.json":
+        monkeypatch.setattr(
+            checkpoint_io,
+            "_write_json",
+            lambda data, path: (_ for _ in ()).throw(
+                OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            ),
+        )
+    else:
+        monkeypatch.setattr(paddle, "save", _disk_full_on(failing))
+    with pytest.raises(checkpoint_io.CheckpointWriteError) as caught:
+        save_checkpoint(layer.state_dict(), optimizer, str(tmp_path), "1", 2)
+        write_meta(prefix, {"epoch": 2, "iteration": 20})
+    assert str(caught.value) == (
+        f"cannot write checkpoint {prefix}: {prefix}{failing}: [Errno {errno.ENOSPC}] No space "
+        f"left on device; its files were removed; last complete checkpoint: {good}"
+    )
+    assert caught.value.exit_status == 1 and caught.value.last_complete == good
+    # nothing of checkpoint 1 (no temporary either), checkpoint 0 untouched
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert find_latest_checkpoint(tmp_path) == good
+
+
+def test_a_write_error_with_no_complete_checkpoint_says_none(tmp_path, monkeypatch):
+    layer = paddle.nn.Linear(2, 3)
+    optimizer = paddle.optimizer.SGD(learning_rate=0.1, parameters=layer.parameters())
+    monkeypatch.setattr(paddle, "save", _disk_full_on(".pdopt"))
+    with pytest.raises(checkpoint_io.CheckpointWriteError, match="last complete checkpoint: none"):
+        save_checkpoint(layer.state_dict(), optimizer, str(tmp_path), "model_final", 2)
+    assert list(tmp_path.iterdir()) == []

@@ -4,7 +4,9 @@ A config key that does not exist, a bad ``data_checks`` option, a training set w
 record, weights that do not fit the model (eval, and resume); no traceback, nothing trained.
 """
 
+import errno
 import json
+import os
 
 import paddle
 import pytest
@@ -111,3 +113,30 @@ def test_resume_from_a_checkpoint_that_does_not_fit_is_an_error(tiny, capsys):
         "key(s) ['head.retina_reg.bias'], 1 shape mismatch(es)"
     ) in err
     assert not list((root / "resume").glob("*.pdparams"))
+
+
+def test_a_full_disk_while_saving_is_one_line_and_leaves_no_half_checkpoint(
+    tiny, capsys, monkeypatch
+):
+    """The second epoch's checkpoint fails on its optimizer file (ENOSPC): exit status 1, one
+    line naming the file, the error and the last complete checkpoint (epoch 1's)."""
+    real_save = paddle.save
+
+    def save(obj, target):
+        if os.path.basename(target).startswith(".model_final.pdopt"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(obj, target)
+
+    monkeypatch.setattr(paddle, "save", save)
+    root = tiny[0]
+    status, err = _run(capsys, _train(tiny, "disk_full"))
+    out = root / "disk_full"
+    assert status == 1
+    assert err.strip() == (
+        f"ppdet-ghm train: cannot write checkpoint {out / 'model_final'}: "
+        f"{out / 'model_final.pdopt'}: [Errno {errno.ENOSPC}] No space left on device; its files "
+        f"were removed; last complete checkpoint: {out / '0'}"
+    )
+    assert sorted(p.name for p in out.glob("model_final*")) == []
+    assert sorted(p.name for p in out.glob("0.*")) == ["0.meta.json", "0.pdopt", "0.pdparams"]
+    assert not list(out.glob(".*.tmp"))

@@ -149,6 +149,42 @@ def test_an_image_that_fails_to_load_in_training_names_its_file(tmp_path, images
         dataset[1]
 
 
+def test_skip_puts_the_next_image_in_place_of_one_that_fails_to_decode(tmp_path, images, caplog):
+    recs = [_image(0), _image(1), _image(2)]
+    anns = [_ann(i + 1, i + 1, [2, 2, 10 + i, 10]) for i in range(3)]
+    checks = DataChecks(check_images="none", bad_image="skip")
+    dataset = _dataset(tmp_path, images, recs, anns, checks)
+    (tmp_path / "set" / "img" / "000001.jpg").write_bytes(b"\xff\xd8 garbage")
+    dataset.parse_dataset()
+    dataset.set_kwargs()
+    dataset.set_transform(Compose([{"Decode": {}}]))
+    with caplog.at_level("WARNING", logger="ppdet_ghm.data.validation"):
+        sample = dataset[1]
+        assert int(sample["im_id"][0]) == 3  # the next image, with its own boxes
+        np.testing.assert_array_equal(sample["gt_bbox"], [[2, 2, 14, 12]])
+        assert int(dataset[2]["im_id"][0]) == 3 and int(dataset[0]["im_id"][0]) == 1
+        dataset[1]
+    assert dataset.skipped_in_training == 2
+    assert caplog.text.count("000001.jpg (not a decodable image): skipped") == 2
+    assert "2 skipped so far by this loader process" in caplog.text
+
+
+def test_skip_does_not_hide_a_failure_that_is_not_the_files(tmp_path, images):
+    """A transform that raises on a readable image stays an error under skip."""
+    recs = [_image(0)]
+    checks = DataChecks(check_images="none", bad_image="skip")
+    dataset = _dataset(tmp_path, images, recs, [_ann(1, 1, [2, 2, 10, 10])], checks)
+    dataset.parse_dataset()
+    dataset.set_kwargs()
+
+    def failing(sample):
+        raise ZeroDivisionError("a bug in a transform")
+
+    dataset.set_transform(failing)
+    with pytest.raises(DatasetError, match=r"000000\.jpg \(image id 1\): .*a bug in a transform"):
+        dataset[0]
+
+
 def test_boxes_without_area_are_dropped_and_counted_or_an_error(tmp_path, images):
     anns = [
         _ann(1, 1, [2, 2, 10, 10]),

@@ -13,7 +13,9 @@ Policies (config block ``data_checks``; defaults first)::
       check_images: header     # header | full | none: open every image (header: size and
                                #   format; full: decode it all, finds truncated files)
       bad_image: error         # error | skip: missing, unreadable or truncated image file,
-                               #   image record without a positive width/height
+                               #   image record without a positive width/height; in
+                               #   training, a file that fails to decode (skip: the next
+                               #   image of the set takes its place, with a warning)
       invalid_box: drop        # drop | error: box with width or height < 1 px or area <= 0
                                #   (mmdet CocoDataset's rule), or not 4 finite numbers
       box_outside: clip        # clip | drop | error: box reaching outside the image; a clipped
@@ -41,7 +43,14 @@ from ppdet.data.source.coco import COCODataSet
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckedCOCODataSet", "DataChecks", "DataReport", "DatasetError", "checked_dataset"]
+__all__ = [
+    "CheckedCOCODataSet",
+    "DataChecks",
+    "DataReport",
+    "DatasetError",
+    "checked_dataset",
+    "decode_problem",
+]
 
 _CHOICES = {
     "check_images": ("header", "full", "none"),
@@ -150,6 +159,22 @@ def _image_size(path: str, full: bool) -> tuple[int, int]:
             finally:
                 ImageFile.LOAD_TRUNCATED_IMAGES = tolerant
     return size
+
+
+def decode_problem(path: str) -> str | None:
+    """Why ppdet's ``Decode`` (``cv2.imdecode`` of the file's bytes, colour) cannot read
+    ``path``, or None when it can."""
+    import cv2
+
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        return str(err)
+    if data.size == 0:
+        return "empty file"
+    if cv2.imdecode(data, cv2.IMREAD_COLOR) is None:
+        return "not a decodable image"
+    return None
 
 
 MIN_BOX_SIDE = 1.0  # px: mmdet CocoDataset.parse_data_info skips w < 1 or h < 1
@@ -453,15 +478,34 @@ class CheckedCOCODataSet(COCODataSet):
         return record
 
     def __getitem__(self, idx):
-        try:
-            return super().__getitem__(idx)
-        except Exception as err:
-            roidb = self.roidbs[idx % len(self.roidbs)]
-            image_id = int(np.asarray(roidb.get("im_id", [-1])).reshape(-1)[0])
-            raise DatasetError(
-                f"{roidb.get('im_file', '?')} (image id {image_id}): cannot be loaded or "
-                f"transformed: {type(err).__name__}: {err}"
-            ) from err
+        """ppdet's sample ``idx``. A failure is a :class:`DatasetError` naming the image; with
+        ``bad_image: skip``, an image whose file does not decode (:func:`decode_problem`) is
+        instead left out with a warning and the next image of the set takes its place (the
+        batch keeps its size); the warning counts the skips of this loader process."""
+        for offset in range(len(self.roidbs)):
+            position = (idx + offset) % len(self.roidbs)
+            try:
+                return super().__getitem__(position)
+            except Exception as err:
+                roidb = self.roidbs[position]
+                image_id = int(np.asarray(roidb.get("im_id", [-1])).reshape(-1)[0])
+                path = roidb.get("im_file", "?")
+                message = (
+                    f"{path} (image id {image_id}): cannot be loaded or transformed: "
+                    f"{type(err).__name__}: {err}"
+                )
+                problem = decode_problem(path) if self.checks.bad_image == "skip" else None
+                if problem is None:  # policy error, or a failure that is not the file's
+                    raise DatasetError(message) from err
+                self.skipped_in_training = getattr(self, "skipped_in_training", 0) + 1
+                logger.warning(
+                    "%s (%s): skipped (data_checks.bad_image=skip), the next image takes its "
+                    "place; %d skipped so far by this loader process",
+                    path,
+                    problem,
+                    self.skipped_in_training,
+                )
+        raise DatasetError(f"{self.anno_path}: no image of the set can be loaded")
 
 
 def checked_dataset(dataset, checks: DataChecks):

@@ -12,6 +12,9 @@ A training checkpoint ``<dir>/<name>`` is three files: ``<name>.pdparams`` (mode
   a checkpoint counts as complete when its meta parses and both files exist.
   :func:`find_latest_checkpoint` returns the complete one with the most iterations done
   (``-r auto`` on the command line).
+- **No half checkpoint.** A write error (a full disk, ...) while saving removes the files the
+  checkpoint already had and raises :class:`CheckpointWriteError`, which names the file, the error
+  and the last complete checkpoint left in the folder (exit status 1 on the command line).
 - ppdet's own ``save_model`` (its ``Checkpointer``: epoch snapshots, ``best_model``) is made atomic
   within :func:`atomic_ppdet_saves`.
 """
@@ -31,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
+    "CheckpointWriteError",
     "atomic_file",
     "atomic_paddle_save",
     "atomic_ppdet_saves",
@@ -44,6 +48,44 @@ __all__ = [
 #: The files of a training checkpoint besides ``.meta.json``.
 CHECKPOINT_SUFFIXES = (".pdparams", ".pdopt")
 META_SUFFIX = ".meta.json"
+_DATA_SUFFIXES = (".pdparams", ".pdema", ".pdopt")
+
+
+class CheckpointWriteError(OSError):
+    """Checkpoint ``prefix`` could not be written (file ``path``: ``error``); its files were
+    removed. ``last_complete``: the newest complete checkpoint of the folder, or None."""
+
+    exit_status = 1  # the command line prints the message and exits with it
+
+    def __init__(self, prefix: str, path: str, error: OSError, last_complete: str | None):
+        self.prefix, self.path, self.error, self.last_complete = prefix, path, error, last_complete
+        code = f"[Errno {error.errno}] " if error.errno else ""
+        super().__init__(
+            f"cannot write checkpoint {prefix}: {path}: {code}{error.strerror or error}; its "
+            f"files were removed; last complete checkpoint: {last_complete or 'none'}"
+        )
+
+
+def _remove_checkpoint(prefix: str):
+    """Remove every file of checkpoint ``prefix`` (meta first: it is never left describing
+    files that are gone)."""
+    for suffix in (META_SUFFIX, *_DATA_SUFFIXES):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(prefix + suffix)
+
+
+@contextlib.contextmanager
+def _writing_checkpoint_file(prefix: str, path: str):
+    """On a write error inside the block: remove checkpoint ``prefix``, raise
+    :class:`CheckpointWriteError` naming ``path``."""
+    try:
+        yield
+    except CheckpointWriteError:
+        raise
+    except OSError as err:
+        _remove_checkpoint(prefix)
+        latest = find_latest_checkpoint(os.path.dirname(prefix) or ".")
+        raise CheckpointWriteError(prefix, path, err, latest) from err
 
 
 def _fsync_dir(directory: str):
@@ -93,7 +135,8 @@ def write_meta(prefix: str, meta: dict):
     missing = [s for s in CHECKPOINT_SUFFIXES if not os.path.isfile(prefix + s)]
     if missing:
         raise FileNotFoundError(f"{prefix}: no {missing} to describe: write them first")
-    _write_json(meta, prefix + META_SUFFIX)
+    with _writing_checkpoint_file(prefix, prefix + META_SUFFIX):
+        _write_json(meta, prefix + META_SUFFIX)
 
 
 def read_meta(prefix: str) -> dict | None:
@@ -138,7 +181,8 @@ def save_checkpoint(
     """ppdet's ``save_model`` (same arguments, same files), atomic, on rank 0 only.
 
     Removes ``<save_name>.meta.json`` first, so a crash before the caller writes the new meta
-    never pairs the old meta with new files.
+    never pairs the old meta with new files. A write error removes the checkpoint's files and
+    raises :class:`CheckpointWriteError`.
     """
     if paddle.distributed.get_rank() != 0:
         return
@@ -147,13 +191,15 @@ def save_checkpoint(
     with contextlib.suppress(FileNotFoundError):
         os.remove(prefix + META_SUFFIX)
     if ema_model is None:
-        atomic_paddle_save(model_state, prefix + ".pdparams")
+        files = [(".pdparams", model_state)]
     else:  # ppdet keeps the EMA weights in .pdparams and the raw ones in .pdema
-        atomic_paddle_save(ema_model, prefix + ".pdparams")
-        atomic_paddle_save(model_state, prefix + ".pdema")
+        files = [(".pdparams", ema_model), (".pdema", model_state)]
     state = optimizer.state_dict()
     state["last_epoch"] = last_epoch
-    atomic_paddle_save(state, prefix + ".pdopt")
+    files.append((".pdopt", state))
+    for suffix, obj in files:
+        with _writing_checkpoint_file(prefix, prefix + suffix):
+            atomic_paddle_save(obj, prefix + suffix)
     logger.info("saved checkpoint %s", prefix)
 
 

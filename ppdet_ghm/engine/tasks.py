@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,10 @@ import paddle
 import yaml
 
 from ppdet_ghm.builder import load_config
-from ppdet_ghm.engine.checkpoint_io import find_latest_checkpoint
+from ppdet_ghm.data.validation import DataChecks, decode_problem
+from ppdet_ghm.engine.checkpoint_io import atomic_file, find_latest_checkpoint
 from ppdet_ghm.engine.coco_eval import CocoBoxResults, evaluate_detections
+from ppdet_ghm.engine.parent_death import die_with_parent
 from ppdet_ghm.engine.safe_load import ensure_safe
 from ppdet_ghm.engine.trainer import GHMTrainer, load_model_weights, log_to_file
 from ppdet_ghm.engine.visualize import draw_detections
@@ -62,6 +65,8 @@ def setup_runtime(cfg, threads: int | None = None, seed: int | None = None) -> s
     if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
         from ppdet.engine.env import init_parallel_env
 
+        # a rank of paddle.distributed.launch: a killed launcher stops it like a SIGTERM would
+        die_with_parent(signal.SIGTERM)
         init_parallel_env()
     if seed is not None:
         from ppdet.engine.env import set_random_seed
@@ -106,6 +111,9 @@ def train(
     log_name = "train.log" if rank == 0 else f"train.rank{rank}.log"
     with log_to_file(os.path.join(output_dir, log_name)):
         logger.info("train %s (overrides %s) -> %s", config, overrides or {}, output_dir)
+        if validate:  # the evaluation images, with the training set's bad_image policy
+            policy = DataChecks.from_config(cfg.get("data_checks")).bad_image
+            readable_eval_set(cfg, policy, output_dir, skip_hint="-o data_checks.bad_image=skip")
         if resume == "auto":
             resume = find_latest_checkpoint(output_dir)
             logger.info("resume auto: %s", resume or f"no complete checkpoint in {output_dir}")
@@ -141,11 +149,15 @@ def evaluate(
     output_dir: str | None = None,
     progress: bool = False,
     threads: int | None = None,
+    bad_image: str = "error",
 ) -> CocoBoxResults:
     """COCO-evaluate ``weights`` on the config's EvalDataset.
 
     Writes ``bbox.json`` (the detections, COCO results format) and ``metrics.json`` (the 12
-    COCO numbers and per-class AP) to ``output_dir``; returns the results.
+    COCO numbers and per-class AP) to ``output_dir``; returns the results. Every image is decoded
+    first (:func:`readable_eval_set`): an unreadable one stops the run naming it
+    (``bad_image="error"``, the default: a score over fewer images is not the set's score), or is
+    left out of loader and metric (``"skip"``).
     """
     cfg = load_config(config, overrides)
     weights = _weights_of(cfg, weights)
@@ -155,6 +167,7 @@ def evaluate(
     cfg["output_eval"] = output_dir
     setup_runtime(cfg, threads)
     with log_to_file(os.path.join(output_dir, "eval.log")):
+        skipped = readable_eval_set(cfg, bad_image, output_dir, progress=progress)
         trainer = GHMTrainer(cfg, "eval", output_dir=output_dir, progress=progress)
         load_model_weights(trainer.model, weights)
         trainer.evaluate()
@@ -168,6 +181,7 @@ def evaluate(
                 {
                     "weights": weights,
                     "ground_truth": trainer.dataset.get_anno(),
+                    "skipped_images": skipped,
                     **results.to_dict(),
                 },
                 f,
@@ -193,43 +207,107 @@ def find_images(path: str | os.PathLike) -> list[str]:
 BAD_IMAGE_POLICIES = ("skip", "error")
 
 
-def readable_images(images: list[str], bad_image: str = "skip") -> tuple[list[str], list[str]]:
+def readable_images(
+    images: list[str],
+    bad_image: str = "skip",
+    *,
+    skip_hint: str = "--bad_image skip",
+    progress: bool = False,
+) -> tuple[list[str], list[str]]:
     """Split ``images`` into those that decode and those that do not, as ppdet's ``Decode``
-    reads them (``cv2.imdecode`` of the file's bytes, colour).
+    reads them (``cv2.imdecode`` of the file's bytes, colour; on a thread per core).
 
     An undecodable file (empty, truncated header, not an image) makes ppdet's reader raise inside
-    a loader worker, which can leave the run waiting forever: it is found here first.
+    a loader worker or thread, which can leave the run waiting forever: it is found here first.
 
     Args:
         bad_image: ``"skip"`` logs every unreadable file with the reason and leaves it out;
             ``"error"`` raises ``ValueError`` naming the first one.
+        skip_hint: the option that picks ``skip``, named in the error.
+        progress: a progress bar (long sets).
 
     Returns:
         (readable paths, unreadable paths), each in the order given.
     """
-    import cv2
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
 
     if bad_image not in BAD_IMAGE_POLICIES:
         raise ValueError(f"bad_image must be one of {BAD_IMAGE_POLICIES}, got {bad_image!r}")
     good, bad = [], []
-    for path in images:
-        try:
-            data = np.fromfile(path, dtype=np.uint8)
-            reason = "empty file" if data.size == 0 else None
-            if reason is None and cv2.imdecode(data, cv2.IMREAD_COLOR) is None:
-                reason = "not a decodable image"
-        except OSError as err:
-            reason = str(err)
-        if reason is None:
-            good.append(path)
-            continue
-        if bad_image == "error":
-            raise ValueError(f"{path}: unreadable image ({reason}); --bad_image skip leaves it out")
-        logger.warning("%s: unreadable image (%s), skipped", path, reason)
-        bad.append(path)
+    pool = ThreadPoolExecutor(max(1, min(8, len(os.sched_getaffinity(0)))))
+    try:  # cv2 decodes without the GIL
+        problems = tqdm(
+            pool.map(decode_problem, images),
+            total=len(images),
+            desc="check images",
+            disable=not progress,
+        )
+        for path, reason in zip(images, problems, strict=True):
+            if reason is None:
+                good.append(path)
+                continue
+            if bad_image == "error":
+                raise ValueError(f"{path}: unreadable image ({reason}); {skip_hint} leaves it out")
+            logger.warning("%s: unreadable image (%s), skipped", path, reason)
+            bad.append(path)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # an error stops the pending decodes
     if not good:
         raise ValueError(f"none of the {len(images)} image(s) can be read")
     return good, bad
+
+
+def readable_eval_set(
+    cfg,
+    bad_image: str,
+    output_dir: str,
+    *,
+    skip_hint: str = "--bad_image skip",
+    progress: bool = False,
+) -> list[str]:
+    """Decode every image of the config's COCO ``EvalDataset`` before evaluating
+    (:func:`readable_images`); returns the unreadable paths.
+
+    ``bad_image="error"``: the first unreadable image is a ``ValueError`` naming it. ``"skip"``:
+    the EvalDataset is pointed at ``<output_dir>/<annotation name>.readable.json``, its annotation
+    file without the unreadable images and their boxes, so that neither the loader nor the COCO
+    metric sees them (the numbers are then over fewer images: the log and ``metrics.json`` say
+    which were left out).
+    """
+    from ppdet.data.source.coco import COCODataSet
+
+    dataset = cfg["EvalDataset"]
+    if not isinstance(dataset, COCODataSet):
+        return []
+    anno_path = dataset.get_anno()
+    with open(anno_path) as f:
+        coco = json.load(f)
+    image_dir = os.path.join(dataset.dataset_dir or "", dataset.image_dir or "")
+    paths = {img["id"]: os.path.join(image_dir, img["file_name"]) for img in coco["images"]}
+    _, bad = readable_images(
+        list(paths.values()), bad_image, skip_hint=skip_hint, progress=progress
+    )
+    if not bad:
+        return []
+    bad_ids = {i for i, path in paths.items() if path in set(bad)}
+    coco["images"] = [img for img in coco["images"] if img["id"] not in bad_ids]
+    coco["annotations"] = [a for a in coco.get("annotations", []) if a["image_id"] not in bad_ids]
+    name = os.path.splitext(os.path.basename(anno_path))[0] + ".readable.json"
+    readable = os.path.abspath(os.path.join(output_dir, name))
+    with atomic_file(readable) as tmp, open(tmp, "w") as f:
+        json.dump(coco, f)
+    dataset.anno_path = readable  # os.path.join(dataset_dir, an absolute path) is that path
+    logger.warning(
+        "%d of %d evaluation image(s) unreadable, left out of the evaluation: %s; ground truth "
+        "without them: %s",
+        len(bad),
+        len(paths),
+        ", ".join(bad),
+        readable,
+    )
+    return bad
 
 
 def _write_detections(

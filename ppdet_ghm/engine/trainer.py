@@ -46,6 +46,7 @@ from ppdet_ghm.data.validation import DataChecks, checked_dataset
 from ppdet_ghm.engine.checkpoint_io import atomic_ppdet_saves, write_meta
 from ppdet_ghm.engine.guards import NonFiniteGuard
 from ppdet_ghm.engine.interrupt import InterruptCheckpointer, signals_blocked
+from ppdet_ghm.engine.parent_death import dataloader_workers_die_with_parent
 from ppdet_ghm.engine.safe_load import ensure_safe, safe_load
 
 logger = logging.getLogger(__name__)
@@ -380,6 +381,7 @@ class GHMTrainer(Trainer):
         data_seed: int = 0,
     ):
         self.output_dir = str(output_dir)
+        dataloader_workers_die_with_parent()  # ppdet starts loader workers in __init__
         if cfg.get("use_vdl", False):
             cfg["vdl_log_dir"] = os.path.join(self.output_dir, "vdl")
         # Paddle names parameters and optimizer accumulators from a process-wide counter
