@@ -1,0 +1,186 @@
+"""Soak run: train the demo config for many iterations and sample the resident memory.
+
+Runs ``python -m ppdet_ghm train -c <config>`` with ``epoch`` raised to reach ``--iters``
+iterations (the cosine schedule stretched to match), and every ``--interval`` seconds sums the
+resident set (``VmRSS``) of the trainer and of each of its child processes (the DataLoader
+worker). Writes into ``--out``:
+
+- ``rss.csv``: ``seconds, iteration, trainer_mib, workers_mib, total_mib`` per sample;
+- ``rss.png``: the curves against the iteration;
+- ``summary.json``: the total RSS at the end of the warm-up (the first ``--warmup-iters``
+  iterations: allocator pools, the first evaluation of every shape), its maximum after that, the
+  growth in percent, and the pass/fail against ``--max-growth`` (5 %).
+
+    python -m bench.soak_rss --iters 2000 --out output/soak
+
+The data is generated first when ``demo_data`` is missing (``ppdet-ghm make-demo-data``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+_ITER_LINE = re.compile(r"Epoch: \[(\d+)\]\s*\[\s*(\d+)/(\d+)\]")
+
+
+def _rss_mib(pid: int) -> float:
+    """Resident set of one process (MiB), 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    """All descendants of ``pid`` (from ``/proc/<pid>/task/*/children``)."""
+    out, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    kids = [int(x) for x in f.read().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def _last_iteration(log_path: str, steps_per_epoch: int) -> int:
+    """Iterations done according to the newest ``Epoch: [e] [ s/n]`` line of ``train.log``."""
+    try:
+        with open(log_path, errors="replace") as f:
+            lines = f.readlines()[-50:]
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        match = _ITER_LINE.search(line)
+        if match:
+            epoch, step, n = (int(g) for g in match.groups())
+            return epoch * (n or steps_per_epoch) + step
+    return 0
+
+
+def summarize(rows: list[dict], warmup_iters: int, max_growth: float) -> dict:
+    """Total RSS at the end of the warm-up vs its maximum after it (rows as in ``rss.csv``)."""
+    after = [r for r in rows if r["iteration"] >= warmup_iters]
+    if not after:
+        raise ValueError(f"no sample after the warm-up ({warmup_iters} iterations)")
+    base = after[0]["total_mib"]
+    peak = max(r["total_mib"] for r in after)
+    growth = 100.0 * (peak - base) / base
+    return {
+        "warmup_iters": warmup_iters,
+        "rss_after_warmup_mib": round(base, 1),
+        "rss_max_after_warmup_mib": round(peak, 1),
+        "rss_end_mib": round(after[-1]["total_mib"], 1),
+        "last_iteration": after[-1]["iteration"],
+        "growth_percent": round(growth, 2),
+        "max_growth_percent": max_growth,
+        "passed": growth <= max_growth,
+    }
+
+
+def plot(rows: list[dict], path: str, summary: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    it = [r["iteration"] for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for key, label in (
+        ("total_mib", "trainer + workers"),
+        ("trainer_mib", "trainer"),
+        ("workers_mib", "DataLoader worker(s)"),
+    ):
+        ax.plot(it, [r[key] for r in rows], label=label)
+    ax.axvline(summary["warmup_iters"], color="grey", linestyle=":", label="end of warm-up")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("resident memory (MiB)")
+    ax.set_title(f"soak run: growth after warm-up {summary['growth_percent']:.2f} %")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-c", "--config", default="configs/demo.yml")
+    parser.add_argument("--iters", type=int, default=2000)
+    parser.add_argument("--steps-per-epoch", type=int, default=100, help="of the config's data")
+    parser.add_argument("--warmup-iters", type=int, default=200)
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
+    parser.add_argument("--max-growth", type=float, default=5.0, help="percent")
+    parser.add_argument("--out", default="output/soak")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    epochs = -(-args.iters // args.steps_per_epoch)
+    os.makedirs(args.out, exist_ok=True)
+    if not os.path.isdir("demo_data"):
+        subprocess.run([sys.executable, "-m", "ppdet_ghm", "make-demo-data"], check=True)
+    train_dir = os.path.join(args.out, "train")
+    cmd = [
+        sys.executable, "-m", "ppdet_ghm", "train", "-c", args.config,
+        "--output_dir", train_dir, "--threads", str(args.threads),
+        "-o", f"epoch={epochs}",
+        f"LearningRate.schedulers=[!CosineDecay {{max_epochs: {epochs}}}, "
+        "!LinearWarmup {start_factor: 0.001, steps: 50}]",
+    ]  # fmt: skip
+    print(" ".join(cmd), flush=True)
+    log = open(os.path.join(args.out, "train.stdout"), "w")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    rows, start = [], time.time()
+    log_path = os.path.join(train_dir, "train.log")
+    with open(os.path.join(args.out, "rss.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(
+            f, ["seconds", "iteration", "trainer_mib", "workers_mib", "total_mib"]
+        )
+        writer.writeheader()
+        while proc.poll() is None:
+            trainer = _rss_mib(proc.pid)
+            workers = sum(_rss_mib(p) for p in _children(proc.pid))
+            row = {
+                "seconds": round(time.time() - start, 1),
+                "iteration": _last_iteration(log_path, args.steps_per_epoch),
+                "trainer_mib": round(trainer, 1),
+                "workers_mib": round(workers, 1),
+                "total_mib": round(trainer + workers, 1),
+            }
+            rows.append(row)
+            writer.writerow(row)
+            f.flush()
+            time.sleep(args.interval)
+    log.close()
+    if proc.returncode != 0:
+        print(f"training failed (exit {proc.returncode}); see {log.name}", file=sys.stderr)
+        return 1
+    summary = summarize(rows, args.warmup_iters, args.max_growth)
+    summary.update(command=" ".join(cmd), wall_s=round(time.time() - start, 1), samples=len(rows))
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    plot(rows, os.path.join(args.out, "rss.png"), summary)
+    print(json.dumps(summary))
+    return 0 if summary["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
