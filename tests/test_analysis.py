@@ -153,17 +153,32 @@ def test_smooth_l1_and_asl1_curves():
     assert G.asl1_grad_norm(d, mu) == pytest.approx(num, rel=1e-6)
 
 
-def test_ghm_bin_weights_hand_computed():
-    w = G.ghm_bin_weights(np.array([2, 0, 6]))
+def test_harmonising_weights_hand_computed():
+    w = G.harmonising_weights(np.array([2, 0, 6]))
     np.testing.assert_allclose(w[[0, 2]], [8 / (2 * 2), 8 / (6 * 2)])
     assert np.isnan(w[1])
     # weights average to one over the examples
     assert (2 * w[0] + 6 * w[2]) / 8 == pytest.approx(1.0)
-    assert np.isnan(G.ghm_bin_weights(np.zeros(3))).all()
+    assert np.isnan(G.harmonising_weights(np.zeros(3))).all()
     # reweighted norm: g * w[bin(g)] with 3 bins
     r = G.ghm_reweighted_grad_norm(np.array([0.1, 0.5, 0.9]), G.ghmc_edges(3), w)
     assert r[0] == pytest.approx(0.1 * 2.0) and np.isnan(r[1])
     assert r[2] == pytest.approx(0.9 * 8 / 12)
+
+
+def test_harmonising_weights_are_the_losses_weights_at_momentum_0():
+    """One weighting: the figures' float64 NumPy form equals the losses' on non-empty bins."""
+    import paddle
+
+    from ppdet_ghm.losses import ghm_bin_weights
+
+    counts = np.array([5, 0, 1, 7, 0, 12], dtype=np.float64)
+    ours, _ = ghm_bin_weights(
+        paddle.to_tensor(counts), paddle.to_tensor(np.float64(25.0)), dtype="float64"
+    )
+    figure = G.harmonising_weights(counts, tot=25.0)
+    np.testing.assert_allclose(ours.numpy()[counts > 0], figure[counts > 0], rtol=1e-15)
+    assert (ours.numpy()[counts == 0] == 0).all() and np.isnan(figure[counts == 0]).all()
 
 
 # ------------------------------------------------------------------ accumulated data

@@ -13,7 +13,8 @@ Definitions (Li, Liu, Wang, *Gradient Harmonized Single-stage Detector*, AAAI 20
   harmonising weight of an example in bin ``i`` is ``tot / (count_i * n)``, ``n`` the number of
   non-empty bins (momentum 0): the same binning and weights as our ``GHMCLoss`` / ``GHMRLoss``
   and mmdet's GHMC / GHMR (float32 edges ``arange(bins + 1) / bins``, last edge ``+1e-6`` for GHM-C
-  and ``1e3`` for GHM-R; an example is in bin ``i`` when ``edges[i] <= g < edges[i + 1]``).
+  and ``1e3`` for GHM-R; an example is in bin ``i`` when ``edges[i] <= g < edges[i + 1]``). The
+  edges are the loss package's own (``ppdet_ghm.losses.ghm.ghmc_edges`` / ``ghmr_edges``).
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ppdet_ghm.losses.ghm import ghmc_edges, ghmr_edges
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "GHMC_LAST_EDGE_EPS",
-    "GHMR_LAST_EDGE",
     "ClsGradientStats",
     "RegGradientStats",
     "asl1_grad_norm",
@@ -36,10 +37,10 @@ __all__ = [
     "cls_gradient_norm",
     "expand_labels",
     "focal_grad_norm",
-    "ghm_bin_weights",
     "ghm_reweighted_grad_norm",
     "ghmc_edges",
     "ghmr_edges",
+    "harmonising_weights",
     "histogram",
     "reg_gradient_norm",
     "smooth_l1_grad_norm",
@@ -47,43 +48,10 @@ __all__ = [
     "summarize_reg",
 ]
 
-GHMC_LAST_EDGE_EPS = 1e-6
-"""GHM-C adds this to its last edge so that g = 1 falls in the last bin (as mmdet's GHMC)."""
-
-GHMR_LAST_EDGE = 1e3
-"""GHM-R's last edge (as mmdet's GHMR); gr < 1 always, so the last bin is [ (bins-1)/bins, 1 )."""
-
 
 # --------------------------------------------------------------------------------------------
-# Binning
+# Binning (edges: the loss package's ghmc_edges / ghmr_edges)
 # --------------------------------------------------------------------------------------------
-def ghmc_edges(bins: int) -> np.ndarray:
-    """GHM-C bin edges, float32 [bins + 1]: ``arange(bins + 1) / bins``, last edge ``+= 1e-6``.
-
-    Same edges as mmdet's GHMC (computed in float32, then the float32 last edge is incremented).
-    """
-    _check_bins(bins)
-    edges = np.arange(bins + 1, dtype=np.float32) / np.float32(bins)
-    edges[-1] += np.float32(GHMC_LAST_EDGE_EPS)
-    return edges
-
-
-def ghmr_edges(bins: int) -> np.ndarray:
-    """GHM-R bin edges, float32 [bins + 1]: ``arange(bins + 1) / bins`` with the last edge ``1e3``.
-
-    Same edges as mmdet's GHMR.
-    """
-    _check_bins(bins)
-    edges = np.arange(bins + 1, dtype=np.float32) / np.float32(bins)
-    edges[-1] = np.float32(GHMR_LAST_EDGE)
-    return edges
-
-
-def _check_bins(bins: int) -> None:
-    if int(bins) != bins or bins < 1:
-        raise ValueError(f"bins must be a positive integer, got {bins!r}")
-
-
 def bin_indices(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Bin index of every value, int64 of the shape of ``values``; -1 outside ``[edges[0], edges[-1])``.
 
@@ -258,8 +226,12 @@ def asl1_grad_norm(abs_d: np.ndarray, mu: float) -> np.ndarray:
     return abs_d / np.sqrt(abs_d * abs_d + mu * mu)
 
 
-def ghm_bin_weights(counts: np.ndarray, tot: float | None = None) -> np.ndarray:
+def harmonising_weights(counts: np.ndarray, tot: float | None = None) -> np.ndarray:
     """Harmonising weight per bin (momentum 0): ``tot / (count_i * n)``; NaN for empty bins.
+
+    For figures: the float64 NumPy form of the losses' ``ppdet_ghm.losses.ghm_bin_weights`` at
+    momentum 0 (which gives 0, not NaN, to an empty bin, and follows the reference's float32
+    roundings).
 
     This is ``beta = N / GD(g)`` of the paper with the unit-region approximation, normalised as the
     losses do: ``n`` is the number of non-empty bins and ``tot`` the number of valid examples
@@ -283,7 +255,7 @@ def ghm_reweighted_grad_norm(
 
     Args:
         g: the binned quantity (``g`` for GHM-C, ``gr`` for GHM-R).
-        edges, weights: the bins and their weights (:func:`ghm_bin_weights`).
+        edges, weights: the bins and their weights (:func:`harmonising_weights`).
         norm: the gradient norm that is reweighted; default ``g`` (GHM-C reweights the CE norm g,
             GHM-R the ASL1 norm gr, which is also its binned quantity).
     """
@@ -421,7 +393,7 @@ def summarize_cls(
     edges64 = stats.edges.astype(np.float64)
     counts = stats.counts.sum(axis=0)
     total = counts.sum()
-    weights = ghm_bin_weights(counts, tot=total)
+    weights = harmonising_weights(counts, tot=total)
     grid = np.linspace(0.0, 1.0, grid_points)
     level_totals = stats.counts.sum(axis=1, keepdims=True)
     fraction = _fractions(counts)
@@ -478,7 +450,7 @@ def summarize_reg(
     counts = histogram(gr, edges)
     r_edges = ghmr_edges(ghmr_bins)
     r_counts = histogram(gr, r_edges)
-    r_weights = ghm_bin_weights(r_counts, tot=abs_d.size)
+    r_weights = harmonising_weights(r_counts, tot=abs_d.size)
 
     d_max = max(1.0, float(abs_d.max()) if abs_d.size else 1.0)
     grid_d = np.logspace(-4, np.log10(d_max), grid_points)

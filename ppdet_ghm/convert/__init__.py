@@ -15,11 +15,8 @@ from ppdet_ghm.convert.mapping import (
     mmdet_retinanet_table,
     torchvision_resnet_table,
 )
-from ppdet_ghm.convert.torch_reader import (
-    CheckpointError,
-    UnsafeCheckpointError,
-    load_torch_checkpoint,
-)
+from ppdet_ghm.convert.torch_reader import load_torch_checkpoint
+from ppdet_ghm.safe_pickle import CheckpointError, UnsafeCheckpointError
 
 __all__ = [
     "CheckpointError",

@@ -17,12 +17,9 @@ no DST is created and an existing DST is left as it was.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import logging
 import os
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
@@ -67,32 +64,11 @@ def model_target_shapes(config: str | None = None) -> dict[str, tuple[int, ...]]
 
 
 def save_pdparams_atomic(state: Mapping[str, np.ndarray], dst: str | os.PathLike) -> None:
-    """``paddle.save`` of ``{name: ndarray}`` to ``dst``, atomically (temp file, fsync, replace)."""
-    import paddle
+    """``paddle.save`` of ``{name: ndarray}`` to ``dst``, atomically
+    (:func:`ppdet_ghm.engine.checkpoint_io.atomic_paddle_save`: temp file, fsync, replace)."""
+    from ppdet_ghm.engine.checkpoint_io import atomic_paddle_save
 
-    dst = os.path.abspath(os.fspath(dst))
-    directory = os.path.dirname(dst)
-    buffer = io.BytesIO()
-    paddle.save({k: np.ascontiguousarray(v) for k, v in state.items()}, buffer)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", suffix=".tmp", dir=directory)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_paddle_save({k: np.ascontiguousarray(v) for k, v in state.items()}, dst)
 
 
 def _parser() -> argparse.ArgumentParser:

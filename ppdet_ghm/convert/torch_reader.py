@@ -3,8 +3,9 @@
 A torch checkpoint is a pickle whose tensors point at raw storages kept beside it. Unpickling calls
 whatever globals the pickle names, so loading an untrusted ``.pth`` with ``pickle`` (or with
 ``torch.load(weights_only=False)``) runs arbitrary code. This reader never calls a global it does
-not know: :class:`_RestrictedUnpickler.find_class` resolves every name the pickle asks for to one of
-three things.
+not know: :class:`_TorchUnpickler` (the package's one restricted unpickler,
+:class:`ppdet_ghm.safe_pickle.RestrictedUnpickler`, with the torch policy) resolves every name the
+pickle asks for to one of three things.
 
 Policy for globals (``module.name`` as the pickle spells it):
 
@@ -37,11 +38,9 @@ copied into a C-contiguous array in native byte order. ``bfloat16`` (no NumPy dt
 
 from __future__ import annotations
 
-import _compat_pickle
 import io
 import logging
 import os
-import pickle
 import struct
 import tarfile
 import zipfile
@@ -49,6 +48,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from ppdet_ghm.safe_pickle import CheckpointError, RestrictedUnpickler
 
 logger = logging.getLogger(__name__)
 
@@ -70,14 +71,6 @@ STORAGE_DTYPES: dict[str, str] = {
     "ByteStorage": "<u1",
     "BoolStorage": "|b1",
 }
-
-
-class CheckpointError(ValueError):
-    """The file is not a torch checkpoint this reader understands, or its content is inconsistent."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """The pickle names a global outside the allowed set; nothing of it was executed."""
 
 
 class _StorageType:
@@ -267,8 +260,9 @@ class _Opaque:
         return f"<not executed: {self.global_name}>"
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler whose globals are our recorders or inert stubs (see the module docstring)."""
+class _TorchUnpickler(RestrictedUnpickler):
+    """The package's restricted unpickler with the torch policy of the module docstring: tensor
+    globals map to our recorders, discardable ones to inert stubs, anything else is refused."""
 
     def __init__(
         self,
@@ -277,47 +271,43 @@ class _RestrictedUnpickler(pickle.Unpickler):
         persistent_load: Callable[[Any], Any] | None = None,
         allow_discardable: bool = True,
     ):
-        super().__init__(file)
-        self._source = source
-        self._persistent_load = persistent_load
         self._allow_discardable = allow_discardable
         self._stubs: dict[str, type] = {}
+        super().__init__(
+            file,
+            resolve=self._resolve_global,
+            refusal=lambda qualname: (
+                f"{source}: refused to load: the pickle names the global {qualname!r}, which is "
+                "not needed to store tensors (only torch storages, torch._utils._rebuild_tensor*, "
+                "collections.OrderedDict and torch.Size are; see ppdet_ghm.convert.torch_reader). "
+                "Nothing from the file was executed."
+            ),
+            persistent_load=persistent_load or self._unexpected_persistent_id,
+            source=source,
+        )
 
     @property
     def stubbed_globals(self) -> list[str]:
         """``module.name`` of every discardable global the pickle named, sorted."""
         return sorted(self._stubs)
 
-    def find_class(self, module, name):
-        # Python 2 spellings (protocol < 3 pickles write '__builtin__', 'copy_reg' ...), as
-        # pickle.Unpickler.find_class would map them with fix_imports=True.
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        elif module in _compat_pickle.IMPORT_MAPPING:
-            module = _compat_pickle.IMPORT_MAPPING[module]
+    def _resolve_global(self, module: str, name: str):
         if (module, name) in TENSOR_GLOBALS:
             return TENSOR_GLOBALS[(module, name)]
         qualname = f"{module}.{name}"
-        if self._allow_discardable and _is_discardable(qualname):
-            if qualname not in self._stubs:
-                self._stubs[qualname] = type(
-                    f"Opaque[{qualname}]", (_Opaque,), {"global_name": qualname}
-                )
-            return self._stubs[qualname]
-        raise UnsafeCheckpointError(
-            f"{self._source}: refused to load: the pickle names the global {qualname!r}, which is "
-            "not needed to store tensors (only torch storages, torch._utils._rebuild_tensor*, "
-            "collections.OrderedDict and torch.Size are; see ppdet_ghm.convert.torch_reader). "
-            "Nothing from the file was executed."
-        )
+        if not (self._allow_discardable and _is_discardable(qualname)):
+            return None
+        if qualname not in self._stubs:
+            self._stubs[qualname] = type(
+                f"Opaque[{qualname}]", (_Opaque,), {"global_name": qualname}
+            )
+        return self._stubs[qualname]
 
-    def persistent_load(self, pid):
-        if self._persistent_load is None:
-            raise CheckpointError(f"{self._source}: unexpected persistent id {pid!r}")
-        return self._persistent_load(pid)
+    def _unexpected_persistent_id(self, pid):
+        raise CheckpointError(f"{self.source}: unexpected persistent id {pid!r}")
 
 
-def _run(unpickler: _RestrictedUnpickler, path: str, what: str = "pickle") -> Any:
+def _run(unpickler: _TorchUnpickler, path: str, what: str = "pickle") -> Any:
     """``unpickler.load()``; any failure other than ours becomes a :class:`CheckpointError`."""
     try:
         return unpickler.load()
@@ -418,7 +408,7 @@ class _ZipArchive(_Archive):
                 raise CheckpointError(f"{path}: storage {key} is named with two types or sizes")
             return ref
 
-        unpickler = _RestrictedUnpickler(
+        unpickler = _TorchUnpickler(
             io.BytesIO(zf.read(pkl[0])), source=path, persistent_load=persistent_load
         )
         obj = _run(unpickler, path)
@@ -457,9 +447,7 @@ class _LegacyArchive(_Archive):
         stream = io.BytesIO(data)
 
         def plain(what: str):
-            return _run(
-                _RestrictedUnpickler(stream, source=path, allow_discardable=False), path, what
-            )
+            return _run(_TorchUnpickler(stream, source=path, allow_discardable=False), path, what)
 
         if plain("magic number") != LEGACY_MAGIC_NUMBER:
             raise CheckpointError(
@@ -486,7 +474,7 @@ class _LegacyArchive(_Archive):
             views.append(ref)
             return ref
 
-        unpickler = _RestrictedUnpickler(stream, source=path, persistent_load=persistent_load)
+        unpickler = _TorchUnpickler(stream, source=path, persistent_load=persistent_load)
         obj = _run(unpickler, path)
         keys = plain("storage keys")
         if not isinstance(keys, list) or sorted(map(_ascii, keys)) != sorted(storages):

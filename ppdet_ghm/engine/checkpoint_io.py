@@ -105,6 +105,9 @@ def atomic_file(path: str | os.PathLike):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # the mode open() would give, not mkstemp's 0600
     os.close(fd)
     try:
         yield tmp

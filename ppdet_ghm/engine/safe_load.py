@@ -12,7 +12,8 @@ unpickling calls every global the file names, so a crafted file runs any code wh
   ``collections.OrderedDict``.
 
 Any other global (``os.system``, ``builtins.eval`` ...) stops the load at once with
-:class:`UnsafeCheckpointError` naming it; nothing of it is called. Object arrays are refused too.
+:class:`~ppdet_ghm.safe_pickle.UnsafeCheckpointError` naming it (the one restricted unpickler of
+the package, :mod:`ppdet_ghm.safe_pickle`, also reads torch files); nothing of it is called. Object arrays are refused too.
 Files in the safetensors format (``paddle.save(..., safetensors=True)``, ``safetensors.numpy``)
 are read with safetensors, which has no code path at all.
 
@@ -29,20 +30,16 @@ import argparse
 import collections
 import logging
 import os
-import pickle
 import struct
 import sys
 
 import numpy as np
 
+from ppdet_ghm.safe_pickle import CheckpointError, RestrictedUnpickler, UnsafeCheckpointError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["UnsafeCheckpointError", "ensure_safe", "main", "safe_load", "sanitize"]
-
-
-class UnsafeCheckpointError(ValueError):
-    """The file names a global outside the allowed set (or holds object arrays); nothing of it
-    was executed."""
 
 
 def _numpy_global(name: str):
@@ -59,27 +56,26 @@ _ALLOWED = {
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
     ("builtins", "tuple"): lambda: tuple,
-    ("__builtin__", "tuple"): lambda: tuple,
     ("collections", "OrderedDict"): lambda: collections.OrderedDict,
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, path: str):
-        super().__init__(file, encoding="latin1")
-        self.path = path
+def _allowed_global(module: str, name: str):
+    make = _ALLOWED.get((module, name))
+    return None if make is None else make()
 
-    def find_class(self, module, name):
-        make = _ALLOWED.get((module, name))
-        if make is None:
-            raise UnsafeCheckpointError(
-                f"{self.path}: refused: the file calls {module}.{name}, which a Paddle state dict "
-                "never needs (nothing was executed). Load only files you trust with paddle.load."
-            )
-        return make()
 
-    def persistent_load(self, pid):
-        raise UnsafeCheckpointError(f"{self.path}: refused: persistent id {pid!r:.80}")
+def _unpickler(file, path: str) -> RestrictedUnpickler:
+    return RestrictedUnpickler(
+        file,
+        resolve=_allowed_global,
+        refusal=lambda qualname: (
+            f"{path}: refused: the file calls {qualname}, which a Paddle state dict never needs "
+            "(nothing was executed). Load only files you trust with paddle.load."
+        ),
+        source=path,
+        encoding="latin1",
+    )
 
 
 def _is_safetensors(path: str) -> bool:
@@ -123,11 +119,11 @@ def safe_load(path: str | os.PathLike) -> dict:
         return dict(load_file(path))
     with open(path, "rb") as f:
         try:
-            obj = _RestrictedUnpickler(f, path).load()
+            obj = _unpickler(f, path).load()
         except UnsafeCheckpointError:
             raise
         except Exception as err:  # any malformed pickle
-            raise ValueError(
+            raise CheckpointError(
                 f"{path}: not a Paddle state dict: {type(err).__name__}: {err}"
             ) from err
     if not isinstance(obj, dict):
