@@ -12,13 +12,13 @@ import os
 import numpy as np
 
 from align import weights
+from align.weights import check_same_weights, weights_meta
 
 ALIGN_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(ALIGN_DIR)
 DEFAULT_LOGS = os.path.join(ALIGN_DIR, "logs")
 DEFAULT_CONFIG = os.path.join(REPO_DIR, "configs", "retinanet_ghm_r50_fpn_1x_coco.yml")
 
-META_SHA = "meta.weights_sha256"
 META_INPUTS_SHA = "meta.inputs_sha256"
 # Prefix of the keys of chained (end-to-end) results, compared with the same torch values as the
 # isolated ones (see chained_view).
@@ -34,9 +34,6 @@ ACC_SUM_FLIPS = 2
 def acc_sum_flip_limit(key: str):
     """Max abs change of a chained ``acc_sum`` row: ACC_SUM_FLIPS elements changing bins."""
     return ACC_SUM_FLIPS * (1.0 - GHM_MOMENTUM[key])
-
-
-META_SEED = "meta.weights_seed"
 
 
 def base_parser(step_doc: str):
@@ -77,28 +74,6 @@ def load_log(path: str):
             f"{path} is missing: regenerate the torch logs with `python -m align.run_all --torch`"
         )
     return np.load(path, allow_pickle=True).tolist()
-
-
-def weights_meta(seed: int, state_dict: dict):
-    """Log entries naming the weights: the seed and the sha256 of the arrays (as 32 uint8)."""
-    digest = bytes.fromhex(weights.checksum(state_dict))
-    return {
-        META_SHA: np.frombuffer(digest, dtype=np.uint8).copy(),
-        META_SEED: np.array([seed], dtype=np.int64),
-    }
-
-
-def check_same_weights(torch_log: dict, paddle_meta: dict, path: str):
-    """Refuse to compare logs made from different weights (seed or NumPy stream changed)."""
-    for key in (META_SHA, META_SEED):
-        if key not in torch_log:
-            raise ValueError(f"{path} has no {key}: regenerate the torch logs")
-        if not np.array_equal(torch_log[key], paddle_meta[key]):
-            raise ValueError(
-                f"{path} was made from other weights ({key} differs: torch "
-                f"{torch_log[key].tobytes().hex()}, here {paddle_meta[key].tobytes().hex()}); "
-                "check --seed, or NumPy's generator changed: regenerate the torch logs"
-            )
 
 
 def feature_map(name: str, x: np.ndarray):

@@ -10,7 +10,7 @@ mode and detections in eval mode.
 
 import numpy as np
 
-from align import common, data, weights
+from align import data, weights
 
 LEVELS = ("P3", "P4", "P5", "P6", "P7")
 
@@ -29,7 +29,7 @@ class PaddleContext:
         self.config = config
         self.batch = data.fake_batch()
         self.state_dict = weights.generate_state_dict(seed)
-        self.meta = common.weights_meta(seed, self.state_dict)
+        self.meta = weights.weights_meta(seed, self.state_dict)
         self._models = {}
 
     # ----------------------------------------------------------------- model and weights

@@ -168,3 +168,31 @@ def checksum(state_dict):
         h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
         h.update(arr.tobytes())
     return h.hexdigest()
+
+
+# Log entries naming the weights a log was made from (both sides write them, align.common
+# refuses to compare logs whose entries differ).
+META_SHA = "meta.weights_sha256"
+META_SEED = "meta.weights_seed"
+
+
+def weights_meta(seed: int, state_dict: dict):
+    """Log entries naming the weights: the seed and the sha256 of the arrays (as 32 uint8)."""
+    digest = bytes.fromhex(checksum(state_dict))
+    return {
+        META_SHA: np.frombuffer(digest, dtype=np.uint8).copy(),
+        META_SEED: np.array([seed], dtype=np.int64),
+    }
+
+
+def check_same_weights(torch_log: dict, paddle_meta: dict, path: str):
+    """Refuse to compare logs made from different weights (seed or NumPy stream changed)."""
+    for key in (META_SHA, META_SEED):
+        if key not in torch_log:
+            raise ValueError(f"{path} has no {key}: regenerate the torch logs")
+        if not np.array_equal(torch_log[key], paddle_meta[key]):
+            raise ValueError(
+                f"{path} was made from other weights ({key} differs: torch "
+                f"{torch_log[key].tobytes().hex()}, here {paddle_meta[key].tobytes().hex()}); "
+                "check --seed, or NumPy's generator changed: regenerate the torch logs"
+            )

@@ -9,15 +9,37 @@ does not take, naming the file, instead of ppdet's ``TypeError`` deep inside ``c
 
 import logging
 import os
+from collections.abc import Sequence
 
+import yaml
 from ppdet.core import workspace
 from ppdet.core.config.schema import SchemaDict
 
-import ppdet_ghm  # noqa: F401  (registers our modules in ppdet's workspace)
+# Our modules are registered in ppdet's workspace by ``import ppdet_ghm``, which Python runs before
+# this module (its package), so every config here finds them.
 
-__all__ = ["build_model", "load_config", "reset_config"]
+__all__ = ["build_model", "load_config", "parse_overrides", "reset_config"]
 
 logger = logging.getLogger(__name__)
+
+
+def parse_overrides(items: Sequence[str] | None) -> dict:
+    """``["a.b=1", "weights=x"]`` -> ``{"a.b": 1, "weights": "x"}``: values parsed as YAML with
+    ppdet's tags (``!PiecewiseDecay {...}``), keys kept dotted for ``builder.load_config``.
+    Unlike ppdet, ``1e-3`` is a number (YAML 1.1 would leave it a string)."""
+    overrides = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not KEY=VALUE")
+        parsed = yaml.load(value, Loader=yaml.Loader)  # ppdet registers its tags on this Loader
+        if isinstance(parsed, str):
+            try:  # YAML 1.1 reads 1e-3 as a string
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        overrides[key.strip()] = parsed
+    return overrides
 
 
 def reset_config():

@@ -29,30 +29,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-import yaml
+from ppdet_ghm.builder import parse_overrides
 
 __all__ = ["build_parser", "main", "parse_overrides"]
 
 logger = logging.getLogger(__name__)
-
-
-def parse_overrides(items: Sequence[str] | None) -> dict:
-    """``["a.b=1", "weights=x"]`` -> ``{"a.b": 1, "weights": "x"}``: values parsed as YAML with
-    ppdet's tags (``!PiecewiseDecay {...}``), keys kept dotted for ``builder.load_config``.
-    Unlike ppdet, ``1e-3`` is a number (YAML 1.1 would leave it a string)."""
-    overrides = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} is not KEY=VALUE")
-        parsed = yaml.load(value, Loader=yaml.Loader)  # ppdet registers its tags on this Loader
-        if isinstance(parsed, str):
-            try:  # YAML 1.1 reads 1e-3 as a string
-                parsed = float(parsed)
-            except ValueError:
-                pass
-        overrides[key.strip()] = parsed
-    return overrides
 
 
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = True):

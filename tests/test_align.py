@@ -115,11 +115,11 @@ def test_committed_logs_are_small_and_from_these_weights():
     # steps 1-3 log whole feature maps and head outputs: the inputs of steps 2-4 and 6
     assert sum(os.path.getsize(os.path.join(LOGS, f)) for f in files) < 10_000_000
     sd = weights.generate_state_dict(weights.DEFAULT_SEED)
-    meta = common.weights_meta(weights.DEFAULT_SEED, sd)
+    meta = weights.weights_meta(weights.DEFAULT_SEED, sd)
     for name, module_name, _ in run_all.STEPS:
         if common.uses_weights(run_all.step_module(module_name)):
             path = common.log_path(LOGS, name, "torch")
-            common.check_same_weights(common.load_log(path), meta, path)
+            weights.check_same_weights(common.load_log(path), meta, path)
 
 
 def test_weights_cover_the_converter_table_and_are_not_trivial():

@@ -482,9 +482,12 @@ def test_plot_gradients_end_to_end(tiny_setup, tmp_path):
 
 
 def test_parse_overrides():
-    from ppdet_ghm.analysis.plot_gradients import parse_overrides
+    """plot_gradients reads -o as the ppdet-ghm command line does (one parser, dotted keys)."""
+    from ppdet_ghm.builder import _expand_dotted, parse_overrides
 
-    assert parse_overrides(["weights=a/b.pdparams", "GHMRetinaHead.loss_cls.bins=20"]) == {
+    overrides = parse_overrides(["weights=a/b.pdparams", "GHMRetinaHead.loss_cls.bins=20"])
+    assert overrides == {"weights": "a/b.pdparams", "GHMRetinaHead.loss_cls.bins": 20}
+    assert _expand_dotted(overrides) == {
         "weights": "a/b.pdparams",
         "GHMRetinaHead": {"loss_cls": {"bins": 20}},
     }
@@ -530,8 +533,7 @@ def test_figure_settings_come_from_the_models_losses_then_the_arguments():
     import types
 
     from ppdet_ghm.analysis.plot_gradients import _loss_settings
-    from ppdet_ghm.losses import GHMCLoss, GHMRLoss
-    from ppdet_ghm.modeling import BetaSmoothL1Loss, SigmoidFocalLoss
+    from ppdet_ghm.losses import BetaSmoothL1Loss, GHMCLoss, GHMRLoss, SigmoidFocalLoss
 
     none = argparse.Namespace(bins=None, focal_gamma=None, focal_alpha=None, sl1_beta=None, mu=None)
     ghm = types.SimpleNamespace(loss_cls=GHMCLoss(bins=20), loss_bbox=GHMRLoss(mu=0.05, bins=7))

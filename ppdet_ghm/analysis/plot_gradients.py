@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import paddle
-import yaml
 
 from ppdet_ghm.analysis import gradients as G
 
@@ -39,7 +38,6 @@ __all__ = [
     "build_loader",
     "collect",
     "level_outputs",
-    "parse_overrides",
     "run",
     "write_outputs",
 ]
@@ -90,21 +88,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "the config's GHM-R loss; this overrides mu (default 0.02 without one)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward (default 1)")
     return parser
-
-
-def parse_overrides(opts: list[str]) -> dict:
-    """``["a.b=1", "weights=x"]`` -> ``{"a": {"b": 1}, "weights": "x"}`` (values parsed as YAML)."""
-    out: dict = {}
-    for opt in opts:
-        if "=" not in opt:
-            raise ValueError(f"override {opt!r} is not KEY=VALUE")
-        key, value = opt.split("=", 1)
-        keys = key.split(".")
-        cur = out
-        for k in keys[:-1]:
-            cur = cur.setdefault(k, {})
-        cur[keys[-1]] = yaml.safe_load(value)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,13 +275,13 @@ def run(args: argparse.Namespace) -> dict:
     from ppdet.utils.checkpoint import load_pretrain_weight
 
     from ppdet_ghm.analysis import plots  # noqa: F401  (fail early if matplotlib is missing)
-    from ppdet_ghm.builder import build_model
+    from ppdet_ghm.builder import build_model, parse_overrides
 
     if args.images < 1:
         raise ValueError(f"--images must be >= 1, got {args.images}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    overrides = parse_overrides(args.opt)
+    overrides = parse_overrides(args.opt)  # dotted keys, as the ppdet-ghm command line
     model, cfg = _build(build_model, args.config, overrides)
     weights = cfg.get("weights")
     if weights:

@@ -156,8 +156,7 @@ def run_one(args: argparse.Namespace, config: str) -> dict:
     (also written to ``<output-dir>/<config name>/results.json``)."""
     from tqdm import tqdm
 
-    from ppdet_ghm.builder import load_config
-    from ppdet_ghm.cli import parse_overrides
+    from ppdet_ghm.builder import load_config, parse_overrides
     from ppdet_ghm.data.demo_data import DemoDataSpec, generate, validate
     from ppdet_ghm.engine import tasks
     from ppdet_ghm.engine.coco_eval import format_per_class_table

@@ -1,5 +1,16 @@
-"""GHM losses (GHM-C, GHM-R), registered in ppdet's workspace on import."""
+"""The losses of the detector, registered in ppdet's workspace on import.
 
+- :mod:`.ghm`: ``GHMCLoss`` / ``GHMRLoss`` (the paper's) and the binning and weights they share;
+- :mod:`.baseline`: ``SigmoidFocalLoss`` / ``BetaSmoothL1Loss``, the Focal + Smooth-L1 baseline
+  the paper compares against.
+"""
+
+from ppdet_ghm.losses.baseline import (
+    BetaSmoothL1Loss,
+    SigmoidFocalLoss,
+    sigmoid_focal_loss,
+    smooth_l1_loss,
+)
 from ppdet_ghm.losses.ghm import (
     GHMCLoss,
     GHMRLoss,
@@ -12,12 +23,16 @@ from ppdet_ghm.losses.ghm import (
 )
 
 __all__ = [
+    "BetaSmoothL1Loss",
     "GHMCLoss",
     "GHMRLoss",
+    "SigmoidFocalLoss",
     "ghm_bin_index",
     "ghm_bin_weights",
     "ghmc_edges",
     "ghmc_loss",
     "ghmr_edges",
     "ghmr_loss",
+    "sigmoid_focal_loss",
+    "smooth_l1_loss",
 ]

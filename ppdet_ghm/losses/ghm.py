@@ -502,7 +502,6 @@ class GHMCLoss(_GHMBase):
             )
         super().__init__(bins, momentum, loss_weight, sync_stats)
         self.use_sigmoid = True
-        self.edges = ghmc_edges(bins)
 
     def forward(self, pred, target, label_weight):
         loss, acc_sum = ghmc_loss(
@@ -546,7 +545,6 @@ class GHMRLoss(_GHMBase):
             raise ValueError(f"GHMRLoss: mu must be > 0, got {mu!r}")
         super().__init__(bins, momentum, loss_weight, sync_stats)
         self.mu = float(mu)
-        self.edges = ghmr_edges(bins)
 
     def forward(self, pred, target, label_weight):
         loss, acc_sum = ghmr_loss(

@@ -9,20 +9,19 @@ module                 registered classes
 ``assigner``           ``MaxIoUAnchorAssigner``: mmdet MaxIoUAssigner with low-quality matches
 ``box_coder``          ``DeltaXYWHBoxCoder``: mmdet DeltaXYWHBBoxCoder
 ``postprocess``        ``RetinaPostProcessor``: mmdet 3.x test-time filtering + class-aware NMS
-``baseline_losses``    ``SigmoidFocalLoss``, ``BetaSmoothL1Loss``: the Focal/SmoothL1 baseline
 ``head``               ``GHMRetinaHead``: per-FPN-level losses (the reference's granularity)
 ``layers``             (not registered) ``ChannelBiasConv2D``, ``upsample_nearest``: CPU- and
                        oneDNN-friendly stand-ins with the numbers of the ops they replace
 =====================  ==================================================================
 
-The architecture is ppdet's own ``RetinaNet`` (``backbone``, ``neck``, ``head``).
+The architecture is ppdet's own ``RetinaNet`` (``backbone``, ``neck``, ``head``). The losses, GHM
+and the Focal / Smooth-L1 baseline, are in :mod:`ppdet_ghm.losses`.
 """
 
 from ppdet_ghm.modeling import (  # noqa: F401  (imported to register in ppdet)
     anchors,
     assigner,
     backbone,
-    baseline_losses,
     box_coder,
     fpn,
     head,
@@ -31,14 +30,12 @@ from ppdet_ghm.modeling import (  # noqa: F401  (imported to register in ppdet)
 from ppdet_ghm.modeling.anchors import OctaveAnchorGenerator
 from ppdet_ghm.modeling.assigner import MaxIoUAnchorAssigner
 from ppdet_ghm.modeling.backbone import NormEvalResNet
-from ppdet_ghm.modeling.baseline_losses import BetaSmoothL1Loss, SigmoidFocalLoss
 from ppdet_ghm.modeling.box_coder import DeltaXYWHBoxCoder
 from ppdet_ghm.modeling.fpn import RetinaFPN
 from ppdet_ghm.modeling.head import GHMRetinaHead
 from ppdet_ghm.modeling.postprocess import RetinaPostProcessor
 
 __all__ = [
-    "BetaSmoothL1Loss",
     "DeltaXYWHBoxCoder",
     "GHMRetinaHead",
     "MaxIoUAnchorAssigner",
@@ -46,5 +43,4 @@ __all__ = [
     "OctaveAnchorGenerator",
     "RetinaFPN",
     "RetinaPostProcessor",
-    "SigmoidFocalLoss",
 ]

@@ -4,7 +4,7 @@ import numpy as np
 import paddle
 import pytest
 
-from ppdet_ghm.modeling.baseline_losses import BetaSmoothL1Loss, SigmoidFocalLoss
+from ppdet_ghm.losses.baseline import BetaSmoothL1Loss, SigmoidFocalLoss
 
 
 def _focal_reference(logits, labels, weights, gamma, alpha, avg_factor):
