@@ -11,6 +11,7 @@ with dotted keys and YAML values as ppdet's ``tools/*.py``, ``--eval``, ``-r/--r
     ppdet-ghm infer  --model_dir output/demo/export --infer_img a.jpg  # exported model, predictor
     ppdet-ghm export -c configs/demo.yml --weights W [--output_dir D]
     ppdet-ghm convert SRC.pth DST.pdparams [...]                       # ppdet_ghm.convert
+    ppdet-ghm check-weights UNTRUSTED.pdparams [CLEAN.pdparams]        # no code executed
     ppdet-ghm make-demo-data [--out demo_data] [--seed 0] [--kind shapes|marks]
     ppdet-ghm demo                                                     # what `make demo` runs
     ppdet-ghm plot-gradients -c CONFIG -o weights=W                    # ppdet_ghm.analysis
@@ -135,10 +136,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     _add_weights_arg(p)
 
+    from ppdet_ghm.convert import cli as convert_cli
+    from ppdet_ghm.engine import safe_load
+
     p = sub.add_parser(
-        "convert", help="convert a PyTorch checkpoint (arguments: see `ppdet-ghm convert -h`)"
+        "convert",
+        help="convert a PyTorch checkpoint (mmdet RetinaNet-GHM, torchvision ResNet-50)",
+        description=convert_cli.DESCRIPTION,
     )
-    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of ppdet_ghm.convert")
+    convert_cli.add_arguments(p)
+
+    p = sub.add_parser(
+        "check-weights",
+        help="check a .pdparams/.pdopt without executing it; optionally write a clean copy",
+        description=safe_load.DESCRIPTION,
+    )
+    safe_load.add_arguments(p)
 
     p = sub.add_parser(
         "make-demo-data", help="generate the demo's COCO-format data set (shapes, or marks)"
@@ -304,12 +317,15 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_convert(args) -> int:
-    from ppdet_ghm.convert import main as convert_main
+    from ppdet_ghm.convert import cli as convert_cli
 
-    argv = list(args.args)
-    if argv[:1] == ["--"]:
-        argv = argv[1:]
-    return int(convert_main(argv) or 0)
+    return convert_cli.run(args)
+
+
+def _cmd_check_weights(args) -> int:
+    from ppdet_ghm.engine import safe_load
+
+    return safe_load.run(args)
 
 
 def _cmd_make_demo_data(args) -> int:
@@ -363,6 +379,7 @@ _COMMANDS = {
     "infer": _cmd_infer,
     "export": _cmd_export,
     "convert": _cmd_convert,
+    "check-weights": _cmd_check_weights,
     "make-demo-data": _cmd_make_demo_data,
     "demo": _cmd_demo,
     "plot-gradients": _cmd_plot_gradients,

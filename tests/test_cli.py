@@ -65,11 +65,43 @@ def test_parser_knows_the_subcommands_and_ppdet_flags():
     args = parser.parse_args(["infer", "--model_dir", "m", "--infer_img", "a.jpg"])
     assert args.model_dir == "m" and args.infer_img == "a.jpg" and args.draw_threshold == 0.5
     args = parser.parse_args(["convert", "a.pth", "b.pdparams", "--backbone-only"])
-    assert args.args == ["a.pth", "b.pdparams", "--backbone-only"]
+    assert (args.src, args.dst, args.backbone_only) == ("a.pth", "b.pdparams", True)
+    args = parser.parse_args(["check-weights", "a.pdparams"])
+    assert (args.src, args.dst) == ("a.pdparams", None)
     for command in ("eval", "export", "make-demo-data", "demo"):
         assert parser.parse_args([command] + (["-c", "a.yml"] if command == "export" else []))
     with pytest.raises(SystemExit):
         parser.parse_args(["infer", "--model_dir", "m"])  # an image or a folder is required
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        ("train", "--resume"),
+        ("eval", "--bad_image"),
+        ("infer", "--infer_dir"),
+        ("export", "--weights"),
+        ("convert", "--backbone-only"),
+        ("check-weights", "dst"),
+        ("make-demo-data", "--kind"),
+        ("demo", "--compare"),
+        ("plot-gradients", "--images"),
+    ],
+)
+def test_every_sub_command_has_its_own_help(command, option, capsys):
+    """One way to wire a sub-command: its arguments are the parser's, so -h shows them."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.build_parser().parse_args([command, "-h"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: ppdet-ghm {command}") and option in out
+
+
+def test_convert_rejects_a_destination_that_is_not_pdparams(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["convert", "a.pth", str(tmp_path / "out.bin")])
+    assert exit_.value.code == 2
+    assert "DST must end with .pdparams" in capsys.readouterr().err
 
 
 def test_convert_delegates_to_the_converter(tmp_path, capsys):
@@ -182,5 +214,6 @@ def test_python_dash_m_entry_point():
         check=False,
     )
     assert result.returncode == 0
-    for command in ("train", "eval", "infer", "export", "convert", "make-demo-data", "demo"):
+    commands = ("train", "eval", "infer", "export", "convert", "check-weights", "make-demo-data")
+    for command in (*commands, "demo"):
         assert command in result.stdout

@@ -71,15 +71,27 @@ def save_pdparams_atomic(state: Mapping[str, np.ndarray], dst: str | os.PathLike
     atomic_paddle_save({k: np.ascontiguousarray(v) for k, v in state.items()}, dst)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ppdet_ghm.convert",
-        description="Convert a PyTorch checkpoint (mmdet RetinaNet-GHM, or with --backbone-only a "
-        "torchvision ResNet-50) to Paddle .pdparams, strictly: every tensor mapped or skipped by "
-        "name, every model parameter filled, every shape checked.",
-    )
+DESCRIPTION = (
+    "Convert a PyTorch checkpoint (mmdet RetinaNet-GHM, or with --backbone-only a torchvision "
+    "ResNet-50) to Paddle .pdparams, strictly: every tensor mapped or skipped by name, every model "
+    "parameter filled, every shape checked."
+)
+
+
+def _pdparams_path(value: str) -> str:
+    if not value.endswith(".pdparams"):
+        raise argparse.ArgumentTypeError(
+            f"DST must end with .pdparams (ppdet's loaders append that suffix), got {value!r}"
+        )
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The converter's arguments (``ppdet-ghm convert`` and ``python -m ppdet_ghm.convert``)."""
     parser.add_argument("src", help="torch checkpoint (.pth; zip or legacy format; never executed)")
-    parser.add_argument("dst", help="output .pdparams path (written atomically)")
+    parser.add_argument(
+        "dst", type=_pdparams_path, help="output .pdparams path (written atomically)"
+    )
     parser.add_argument(
         "--backbone-only",
         action="store_true",
@@ -93,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
         "configs/retinanet_ghm_r50_fpn_1x_coco.yml)",
     )
     return parser
+
+
+def _parser() -> argparse.ArgumentParser:
+    return add_arguments(
+        argparse.ArgumentParser(prog="python -m ppdet_ghm.convert", description=DESCRIPTION)
+    )
 
 
 def _summary(src: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray], backbone_only: bool):
@@ -109,14 +127,15 @@ def _summary(src: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray], backb
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the converter; returns 0 on success, 1 on a conversion error (message on stderr)."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not args.dst.endswith(".pdparams"):
-        parser.error("DST must end with .pdparams (ppdet's loaders append that suffix)")
+def run(args: argparse.Namespace) -> int:
+    """Convert ``args.src`` to ``args.dst``; returns 0, or 1 on a conversion error (message on
+    stderr)."""
     if args.backbone_only and args.config is not None:
-        parser.error("--config selects the full model; it has no effect with --backbone-only")
+        print(
+            "error: --config selects the full model; it has no effect with --backbone-only",
+            file=sys.stderr,
+        )
+        return 1
     mapping_logger = logging.getLogger("ppdet_ghm.convert.mapping")
     handler = None
     if args.verbose:
@@ -146,3 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(_summary(src, out, args.backbone_only))
     print(f"wrote {args.dst}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ppdet_ghm.convert``: parse ``argv`` and :func:`run`."""
+    return run(_parser().parse_args(argv))

@@ -21,7 +21,7 @@ The result is what ``paddle.load(path, return_numpy=True)`` gives for a state di
 ndarray}`` (nested dicts such as ``LR_Scheduler`` kept), with Paddle's split big parameters
 joined and its name table dropped.
 
-    python -m ppdet_ghm.engine.safe_load UNTRUSTED.pdparams CLEAN.pdparams   # re-save a clean copy
+    ppdet-ghm check-weights UNTRUSTED.pdparams CLEAN.pdparams   # re-save a clean copy
 """
 
 from __future__ import annotations
@@ -39,7 +39,15 @@ from ppdet_ghm.safe_pickle import CheckpointError, RestrictedUnpickler, UnsafeCh
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["UnsafeCheckpointError", "ensure_safe", "main", "safe_load", "sanitize"]
+__all__ = [
+    "UnsafeCheckpointError",
+    "add_arguments",
+    "ensure_safe",
+    "main",
+    "run",
+    "safe_load",
+    "sanitize",
+]
 
 
 def _numpy_global(name: str):
@@ -169,14 +177,15 @@ def sanitize(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     return state
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ppdet_ghm.engine.safe_load",
-        description="Check a .pdparams/.pdopt without executing it; optionally write a clean copy.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``ppdet-ghm check-weights`` / ``python -m ppdet_ghm.engine.safe_load`` arguments."""
     parser.add_argument("src", help="file to check")
     parser.add_argument("dst", nargs="?", help="where to write a clean copy (optional)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check ``args.src`` (and write a clean copy to ``args.dst``); 0, or 1 with the reason."""
     try:
         state = sanitize(args.src, args.dst) if args.dst else safe_load(args.src)
     except (FileNotFoundError, ValueError) as err:
@@ -188,6 +197,16 @@ def main(argv=None) -> int:
         + (f"; clean copy written to {args.dst}" if args.dst else "")
     )
     return 0
+
+
+DESCRIPTION = "Check a .pdparams/.pdopt without executing it; optionally write a clean copy."
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ppdet_ghm.engine.safe_load", description=DESCRIPTION
+    )
+    return run(add_arguments(parser).parse_args(argv))
 
 
 if __name__ == "__main__":
