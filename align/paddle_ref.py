@@ -15,6 +15,47 @@ from align import data, weights
 LEVELS = ("P3", "P4", "P5", "P6", "P7")
 
 
+def load_converted_weights(model, mmdet_state: dict):
+    """Convert mmdet-named arrays with our converter and load them into ``model`` strictly.
+
+    Each array is cast to the dtype of the tensor it fills (float64 models); every key must load
+    and hold the converted value afterwards. Also used by bench/ (the same weights as mmdet).
+    """
+    from ppdet_ghm.convert import convert_state_dict
+
+    own = model.state_dict()
+    converted = convert_state_dict(mmdet_state, {k: v.shape for k, v in own.items()})
+    dtypes = {k: str(v.numpy().dtype) for k, v in own.items()}
+    converted = {k: v.astype(dtypes[k]) for k, v in converted.items()}
+    missing, unexpected = model.set_state_dict(converted)
+    if missing or unexpected:
+        raise ValueError(f"set_state_dict: missing {missing}, unexpected {unexpected}")
+    for key, value in model.state_dict().items():  # set_state_dict casts; check it stuck
+        if not np.array_equal(value.numpy(), converted[key]):
+            raise ValueError(f"{key} did not load the converted value")
+
+
+def input_dict(batch: dict, with_gt: bool = True, dtype: str = "float32") -> dict:
+    """ppdet's input dict for a NumPy ``batch`` (``align.data.fake_batch`` layout: normalised,
+    padded ``images``, ``image_shapes``, per-image ``gt_boxes`` / ``gt_labels``), scale factor 1.
+    A fresh dict each call (ppdet's architecture keeps a reference to its inputs)."""
+    import paddle
+
+    shapes = np.array(batch["image_shapes"], dtype=np.float32)
+    inputs = {
+        "image": paddle.to_tensor(np.ascontiguousarray(batch["images"]).astype(dtype)),
+        "im_shape": paddle.to_tensor(shapes),
+        "scale_factor": paddle.ones([len(shapes), 2], dtype="float32"),
+    }
+    if with_gt:
+        inputs["gt_bbox"] = [paddle.to_tensor(b) for b in batch["gt_boxes"]]
+        inputs["gt_class"] = [
+            paddle.to_tensor(np.asarray(c).astype(np.int32).reshape(-1, 1))
+            for c in batch["gt_labels"]
+        ]
+    return inputs
+
+
 class PaddleContext:
     """What the Paddle halves of the steps share: weights, inputs, and a model built once."""
 
@@ -64,22 +105,8 @@ class PaddleContext:
         return model
 
     def load_weights(self, model):
-        """Convert the mmdet-named arrays with our converter and load them strictly.
-
-        Each array is cast to the dtype of the tensor it fills (float64 models).
-        """
-        from ppdet_ghm.convert import convert_state_dict
-
-        own = model.state_dict()
-        converted = convert_state_dict(self.state_dict, {k: v.shape for k, v in own.items()})
-        dtypes = {k: str(v.numpy().dtype) for k, v in own.items()}
-        converted = {k: v.astype(dtypes[k]) for k, v in converted.items()}
-        missing, unexpected = model.set_state_dict(converted)
-        if missing or unexpected:
-            raise ValueError(f"set_state_dict: missing {missing}, unexpected {unexpected}")
-        for key, value in model.state_dict().items():  # set_state_dict casts; check it stuck
-            if not np.array_equal(value.numpy(), converted[key]):
-                raise ValueError(f"{key} did not load the converted value")
+        """:func:`load_converted_weights` of the alignment weights."""
+        load_converted_weights(model, self.state_dict)
 
     def name_map(self):
         """mmdet name -> our parameter name, from the converter's rename table."""
@@ -95,21 +122,8 @@ class PaddleContext:
         return paddle.to_tensor(self.batch["images"].astype(dtype))
 
     def inputs(self, with_gt: bool = True, dtype: str = "float32"):
-        """ppdet's input dict for the fixed batch (per-image gt lists, scale factor 1)."""
-        import paddle
-
-        shapes = np.array(self.batch["image_shapes"], dtype=np.float32)
-        inputs = {
-            "image": self.images(dtype),
-            "im_shape": paddle.to_tensor(shapes),
-            "scale_factor": paddle.ones([len(shapes), 2], dtype="float32"),
-        }
-        if with_gt:
-            inputs["gt_bbox"] = [paddle.to_tensor(b) for b in self.batch["gt_boxes"]]
-            inputs["gt_class"] = [
-                paddle.to_tensor(c.astype(np.int32).reshape(-1, 1)) for c in self.batch["gt_labels"]
-            ]
-        return inputs
+        """ppdet's input dict for the fixed batch (:func:`input_dict`)."""
+        return input_dict(self.batch, with_gt, dtype)
 
     # ----------------------------------------------------------------- forward pieces
 

@@ -126,8 +126,7 @@ def load_data(args) -> dict:
 
 
 def run_name(args) -> str:
-    name = train_data.run_name(args.loss, args.optim, args.seed, args.iters, args.data_kind)
-    return name if args.dtype == "float32" else f"{name}_{args.dtype}"
+    return train_data.run_name_of(args)
 
 
 def log_file(folder: str, args, side: str) -> str:

@@ -330,6 +330,13 @@ def run_name(loss: str, optim: str, seed: int, iters: int, kind: str = "shapes")
     return name if kind == "shapes" else f"{name}_{kind}"
 
 
+def run_name_of(args) -> str:
+    """:func:`run_name` of parsed step-13 arguments, plus ``_<dtype>`` unless float32: the stem of
+    every file of one run (logs, detections, figures)."""
+    name = run_name(args.loss, args.optim, args.seed, args.iters, args.data_kind)
+    return name if args.dtype == "float32" else f"{name}_{args.dtype}"
+
+
 def detections_to_coco(per_image, image_ids) -> list[dict]:
     """COCO results from per-image ``(boxes [K, 4] x1y1x2y2, scores [K], labels [K] 0-based)``."""
     results = []

@@ -206,8 +206,7 @@ def train(args, data: dict, out_dir: str, arrays: dict[str, np.ndarray], mutate=
         dets = evaluate(model, data["val"], image_size, args.dtype)
         out["meta.eval_wall_s"] = np.array([time.time() - start])
         out["meta.num_dets"] = np.array([len(dets)])
-        name = train_data.run_name(args.loss, args.optim, args.seed, args.iters)
-        name = name if args.dtype == "float32" else f"{name}_{args.dtype}"
+        name = train_data.run_name_of(args)
         with open(os.path.join(out_dir, f"{name}_paddle_dets.json"), "w") as f:
             json.dump(dets, f)
     return out

@@ -262,10 +262,7 @@ def train(args, data: dict, out_dir: str) -> dict:
         dets = evaluate(model, data["val"], image_size, dtype)
         out["meta.eval_wall_s"] = np.array([time.time() - start])
         out["meta.num_dets"] = np.array([len(dets)])
-        path = os.path.join(
-            out_dir,
-            f"{train_data.run_name(args.loss, args.optim, args.seed, args.iters)}_torch_dets.json",
-        )
+        path = os.path.join(out_dir, f"{train_data.run_name_of(args)}_torch_dets.json")
         with open(path, "w") as f:
             json.dump(dets, f)
     return out

@@ -24,38 +24,21 @@ CLIP_MAX_NORM = 35.0
 
 def build(seed: int, config: str = CONFIG):
     """Our model with the seeded weights of ``align.weights`` (converted), in eval mode."""
-    import paddle
-
     from align import weights
+    from align.paddle_ref import load_converted_weights
     from ppdet_ghm.builder import build_model
-    from ppdet_ghm.convert import convert_state_dict
 
     model = build_model(config)
-    target_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    state = convert_state_dict(weights.generate_state_dict(seed), target_shapes)
-    missing, unexpected = model.set_state_dict(
-        {k: paddle.to_tensor(v) for k, v in state.items()}
-    ) or ([], [])
-    if missing or unexpected:
-        raise ValueError(f"weights not loaded: missing {missing}, unexpected {unexpected}")
+    load_converted_weights(model, weights.generate_state_dict(seed))
     model.eval()
     return model
 
 
 def input_dict(batch, with_gt: bool):
-    """ppdet's input dict for ``batch`` (a fresh dict: the architecture keeps a reference)."""
-    import paddle
+    """ppdet's input dict for ``batch`` (``align.paddle_ref.input_dict``)."""
+    from align.paddle_ref import input_dict as align_input_dict
 
-    n = len(batch["images"])
-    inputs = {
-        "image": paddle.to_tensor(np.ascontiguousarray(batch["images"])),
-        "im_shape": paddle.to_tensor(np.array(batch["image_shapes"], dtype=np.float32)),
-        "scale_factor": paddle.ones([n, 2], dtype="float32"),
-    }
-    if with_gt:
-        inputs["gt_bbox"] = [paddle.to_tensor(b) for b in batch["gt_boxes"]]
-        inputs["gt_class"] = [paddle.to_tensor(c.reshape(-1, 1)) for c in batch["gt_labels"]]
-    return inputs
+    return align_input_dict(batch, with_gt)
 
 
 def hook_ghm(model, timer: SectionTimer):
