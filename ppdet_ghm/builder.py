@@ -18,7 +18,7 @@ from ppdet.core.config.schema import SchemaDict
 # Our modules are registered in ppdet's workspace by ``import ppdet_ghm``, which Python runs before
 # this module (its package), so every config here finds them.
 
-__all__ = ["build_model", "load_config", "parse_overrides", "reset_config"]
+__all__ = ["build_model", "load_config", "parse_overrides", "reset_config", "resolved_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +69,20 @@ def _expand_dotted(overrides: dict) -> dict:
     return expanded
 
 
-def _merge_overrides(target, overrides: dict, path: str, prefix: str = ""):
+def _merge_overrides(target, overrides: dict, path: str, prefix: str = "", root=None):
     """Deep-merge ``overrides`` into ``target``; objects built by YAML tags (``!COCODataSet``) get
-    their attributes set instead of being replaced by a dict, as ppdet's merge would."""
+    their attributes set instead of being replaced by a dict, as ppdet's merge would. A component
+    named by its module (``GHMRetinaHead.loss_cls: GHMCLoss``) takes the override in its own
+    block: ``GHMRetinaHead.loss_cls.bins=20`` sets ``GHMCLoss.bins``, unless the override names
+    another component (``GHMRetinaHead.loss_cls={name: SigmoidFocalLoss, ...}``)."""
+    root = target if root is None else root
     for key, value in overrides.items():
         current = dict.get(target, key)
-        if isinstance(value, dict) and isinstance(current, dict):
-            _merge_overrides(current, value, path, f"{prefix}{key}.")
+        named = dict.get(root, current) if isinstance(current, str) else None
+        if isinstance(value, dict) and "name" not in value and isinstance(named, SchemaDict):
+            _merge_overrides(named, value, path, f"{current}.", root)
+        elif isinstance(value, dict) and isinstance(current, dict):
+            _merge_overrides(current, value, path, f"{prefix}{key}.", root)
         elif isinstance(value, dict) and current is not None and hasattr(current, "__dict__"):
             for attr, attr_value in value.items():
                 if not hasattr(current, attr):
@@ -113,7 +120,9 @@ def _check_module(name: str, schema: SchemaDict, path: str):
             continue
         if "name" not in block:
             raise ValueError(
-                f"{path}: {name}.{key} is a block without 'name' (ppdet would skip it silently)"
+                f"{path}: {name}.{key} is a block without 'name' (ppdet would skip it silently); "
+                f"to change the component {name} names, write its keys in that component's own "
+                "top-level block"
             )
         target = dict.get(workspace.global_config, str(block["name"]))
         if not isinstance(target, SchemaDict):
@@ -176,3 +185,60 @@ def build_model(config_path: str, overrides: dict | None = None):
         return workspace.create(config.architecture)
     except TypeError as err:
         raise ValueError(f"{config_path}: cannot build {config.architecture}: {err}") from err
+
+
+def _plain(value):
+    """JSON-able form of a config value (objects built by YAML tags: class name + attributes)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "__dict__"):
+        return {"__class__": type(value).__name__, **_plain(vars(value))}
+    return repr(value)
+
+
+def _resolve_module(config, name: str, given: dict | None = None) -> dict:
+    """Every constructor argument of module ``name`` as ``create(name)`` would pass it: the value
+    of its block (or of ``given``, an inline block), shared keys from the top level, defaults
+    otherwise; components (injected, or the architecture's backbone / neck / head) resolved the
+    same way, by inline block or by the name of their block."""
+    schema = dict.__getitem__(config, name)
+    given = given or {}
+    out: dict = {"name": name}
+    for key in sorted(schema.schema):
+        if key in given:
+            value = given[key]
+        elif key in schema.shared and key in config and not isinstance(config[key], SchemaDict):
+            value = config[key]
+        else:
+            value = (
+                schema[key] if (dict.__contains__(schema, key) or schema.has_default(key)) else None
+            )
+        if key in schema.inject and isinstance(value, dict) and "name" in value:
+            inline = {k: v for k, v in value.items() if k != "name"}
+            value = _resolve_module(config, str(value["name"]), inline)
+        elif isinstance(value, str) and isinstance(dict.get(config, value), SchemaDict):
+            value = _resolve_module(config, value)  # injected by name, or from_config's create
+        out[key] = _plain(value)
+    return out
+
+
+def resolved_config(config) -> dict:
+    """What a loaded config means, independent of how its files spell it: the architecture's
+    module tree with every argument resolved (:func:`_resolve_module`), the learning rate,
+    optimizer and readers the same way, and every other top-level value as it is. Two configs with
+    equal resolved configs build the same model and train the same way."""
+    out = {}
+    for key in sorted(config):
+        value = dict.__getitem__(config, key)
+        if isinstance(value, SchemaDict):
+            continue
+        out[key] = _plain(value)
+    out["architecture"] = _resolve_module(config, str(config["architecture"]))
+    for name in ("LearningRate", "OptimizerBuilder", "TrainReader", "EvalReader", "TestReader"):
+        if isinstance(dict.get(config, name), SchemaDict):
+            out[name] = _resolve_module(config, name)
+    return out

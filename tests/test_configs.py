@@ -12,7 +12,7 @@ from ppdet.core.workspace import create
 from ppdet.optimizer import OptimizerBuilder
 
 import ppdet_ghm.losses
-from ppdet_ghm.builder import build_model, load_config
+from ppdet_ghm.builder import build_model, load_config, resolved_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yml")))
@@ -86,8 +86,9 @@ def test_paper_config_hyperparameters():
         "extra_source": "input",
         "relu_before_extra_convs": False,
     }
-    head = cfg.GHMRetinaHead
+    head = _head(cfg)  # every argument create() passes, components resolved
     assert (head["feat_channels"], head["stacked_convs"], head["prior_prob"]) == (256, 4, 0.01)
+    assert head["norm_groups"] == 0 and head["num_classes"] == 80
     assert head["pad_size_divisor"] == 32
     assert head["anchor_generator"] == {
         "name": "OctaveAnchorGenerator",
@@ -117,6 +118,7 @@ def test_paper_config_hyperparameters():
         "momentum": 0.75,
         "use_sigmoid": True,
         "loss_weight": 1.0,
+        "sync_stats": False,
     }
     assert head["loss_bbox"] == {
         "name": "GHMRLoss",
@@ -124,6 +126,7 @@ def test_paper_config_hyperparameters():
         "bins": 10,
         "momentum": 0.7,
         "loss_weight": 10.0,
+        "sync_stats": False,
     }
     assert head["postprocessor"] == {
         "name": "RetinaPostProcessor",
@@ -164,13 +167,18 @@ def test_paper_config_hyperparameters():
     assert cfg.pretrain_weights == "pretrained/resnet50_torchvision.pdparams"
 
 
+def _head(cfg) -> dict:
+    """The head's resolved arguments (components included) of a loaded config."""
+    return resolved_config(cfg)["architecture"]["head"]
+
+
 def _without(cfg, keys):
     return {k: v for k, v in cfg.items() if k not in keys}
 
 
 def test_baseline_differs_only_in_the_losses():
     ghm = load_config(GHM)
-    ghm_head = dict(ghm.GHMRetinaHead)
+    ghm_head = _head(ghm)
     ghm_rest = {
         k: dict(v) if isinstance(v, dict) else v
         for k, v in _without(
@@ -187,7 +195,7 @@ def test_baseline_differs_only_in_the_losses():
         ).items()
     }
     base = load_config(BASELINE)
-    base_head = dict(base.GHMRetinaHead)
+    base_head = _head(base)
     assert base_head["loss_cls"] == {
         "name": "SigmoidFocalLoss",
         "gamma": 2.0,
@@ -308,14 +316,14 @@ def test_overrides_and_reset_between_configs():
             "TrainDataset.dataset_dir": "/data/coco",
         },
     )
-    assert cfg.GHMRetinaHead["postprocessor"]["score_thr"] == 0.3 and cfg.num_classes == 7
+    assert _head(cfg)["postprocessor"]["score_thr"] == 0.3 and cfg.num_classes == 7
     assert cfg.TrainDataset.dataset_dir == "/data/coco"  # the dataset object, not a dict
     with pytest.raises(ValueError, match="has no attribute 'data_dir'"):
         load_config(BASELINE, {"TrainDataset.data_dir": "/data"})
     # a second config starts clean: no override or loss block of the first survives
     model = build_model(TINY, {"num_classes": 3}) if hasattr(ppdet_ghm.losses, "GHMCLoss") else None
     cfg = load_config(BASELINE)
-    assert cfg.num_classes == 80 and cfg.GHMRetinaHead["postprocessor"]["score_thr"] == 0.05
+    assert cfg.num_classes == 80 and _head(cfg)["postprocessor"]["score_thr"] == 0.05
     assert cfg.NormEvalResNet["depth"] == 50 and cfg.TrainDataset.dataset_dir == "dataset/coco"
     if model is not None:
         assert model.backbone.depth == 18

@@ -61,29 +61,19 @@ def test_comparison_table_has_one_row_per_config_in_percent():
 
 
 def test_demo_and_focal_configs_differ_only_in_the_losses():
-    from ppdet_ghm.builder import load_config
+    from ppdet_ghm.builder import load_config, resolved_config
     from ppdet_ghm.engine.demo import default_config
 
-    def plain(value):
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if hasattr(value, "__dict__"):  # objects built by YAML tags (!CosineDecay ...)
-            return {"type": type(value).__name__, **plain(vars(value))}
-        return value
-
     def flat(config):
-        cfg = load_config(config)
-        head = dict(cfg["GHMRetinaHead"])
-        losses = {k: dict(head.pop(k)) for k in ("loss_cls", "loss_bbox")}
+        resolved = resolved_config(load_config(config))
+        head = resolved["architecture"]["head"]
+        losses = {k: head.pop(k) for k in ("loss_cls", "loss_bbox")}
         keep = {
-            k: plain(v)
-            for k, v in cfg.items()
+            k: v
+            for k, v in resolved.items()
             if k in ("epoch", "LearningRate", "OptimizerBuilder", "TrainReader", "EvalReader",
-                     "RetinaNet", "CSPDarkNet", "RetinaFPN", "worker_num", "snapshot_epoch")
+                     "architecture", "worker_num", "snapshot_epoch")
         }  # fmt: skip
-        keep["GHMRetinaHead"] = plain(head)
         return keep, losses
 
     ghm, ghm_losses = flat(default_config("demo.yml"))
@@ -91,7 +81,8 @@ def test_demo_and_focal_configs_differ_only_in_the_losses():
     assert ghm == focal
     assert ghm_losses["loss_cls"]["name"] == "GHMCLoss"
     assert ghm_losses["loss_bbox"] == {
-        "name": "GHMRLoss", "mu": 0.02, "bins": 10, "momentum": 0.7, "loss_weight": 10.0
+        "name": "GHMRLoss", "mu": 0.02, "bins": 10, "momentum": 0.7, "loss_weight": 10.0,
+        "sync_stats": False,
     }  # fmt: skip
     assert focal_losses == {
         "loss_cls": {"name": "SigmoidFocalLoss", "gamma": 2.0, "alpha": 0.25, "loss_weight": 1.0},

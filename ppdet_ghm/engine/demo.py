@@ -151,6 +151,14 @@ def run(args: argparse.Namespace) -> list[dict]:
     return records
 
 
+def _loss_names(cfg, sep: str = " / ") -> str:
+    """``GHMCLoss / GHMRLoss``: the head's losses, however the config names them."""
+    from ppdet_ghm.builder import resolved_config
+
+    head = resolved_config(cfg)["architecture"]["head"]
+    return f"{head['loss_cls']['name']}{sep}{head['loss_bbox']['name']}"
+
+
 def run_one(args: argparse.Namespace, config: str) -> dict:
     """The demo for one config; returns ``{"stats", "per_class_ap", "timings_s", "paths", ...}``
     (also written to ``<output-dir>/<config name>/results.json``)."""
@@ -180,8 +188,7 @@ def run_one(args: argparse.Namespace, config: str) -> dict:
         raise ValueError(f"--threads must be >= 1, got {threads}")
     steps = 4
     print(
-        f"ppdet-ghm demo: {cfg.architecture} with {cfg['GHMRetinaHead']['loss_cls']['name']} / "
-        f"{cfg['GHMRetinaHead']['loss_bbox']['name']} on generated {args.data_kind}, "
+        f"ppdet-ghm demo: {cfg.architecture} with {_loss_names(cfg)} on generated {args.data_kind}, "
         f"CPU x {threads} threads\nconfig {config}; outputs in {out}"
     )
     timings = {}
@@ -285,8 +292,7 @@ def run_one(args: argparse.Namespace, config: str) -> dict:
     record = {
         "config": config,
         "config_name": name,
-        "losses": f"{cfg['GHMRetinaHead']['loss_cls']['name']} + "
-        f"{cfg['GHMRetinaHead']['loss_bbox']['name']}",
+        "losses": _loss_names(cfg, " + "),
         "overrides": {k: str(v) for k, v in overrides.items()},
         "stats": results.stats,
         "per_class_ap": results.per_class_ap,
