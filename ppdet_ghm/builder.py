@@ -177,6 +177,13 @@ def build_model(config_path: str, overrides: dict | None = None):
     Args:
         config_path: path of a ``.yml`` config.
         overrides: see :func:`load_config`.
+
+    Example (from the repository root):
+
+    >>> from ppdet_ghm import build_model
+    >>> model = build_model("configs/demo.yml", {"GHMRetinaHead.loss_cls.bins": 20})
+    >>> type(model.head).__name__, model.head.loss_cls.bins, model.head.loss_bbox.mu
+    ('GHMRetinaHead', 20, 0.02)
     """
     config = load_config(config_path, overrides)
     if "architecture" not in config:

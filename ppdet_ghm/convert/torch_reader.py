@@ -569,6 +569,16 @@ def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
         CheckpointError: not a torch checkpoint, inconsistent storages, or a state_dict entry that
             is not a tensor.
         FileNotFoundError: no such file.
+
+    Example (an mmdet RetinaNet-GHM checkpoint to our model's weights; the command line does the
+    same with ``ppdet-ghm convert retinanet_ghm.pth retinanet_ghm.pdparams``)::
+
+        from ppdet_ghm.convert import convert_state_dict, load_torch_checkpoint
+        from ppdet_ghm.convert.cli import model_target_shapes, save_pdparams_atomic
+
+        torch_state = load_torch_checkpoint("retinanet_ghm.pth")  # never executes the pickle
+        ours = convert_state_dict(torch_state, model_target_shapes())  # strict: names, shapes
+        save_pdparams_atomic(ours, "retinanet_ghm.pdparams")
     """
     path = os.fspath(path)
     archive = _open_archive(path)
