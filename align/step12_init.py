@@ -157,7 +157,7 @@ def torch_side(ctx, args):
     log["bn.running_stats"] = np.array([not m.training for m in norms], dtype=np.uint8)
     log["bn.eps"] = np.array([m.eps for m in norms], dtype=np.float64)
     # every mmdet parameter is in align.weights' spec, which the converter's table covers
-    # (tests/test_align.py); the Paddle side counts its parameters outside the table
+    # (tests/align/test_steps.py); the Paddle side counts its parameters outside the table
     log["unmapped_parameters"] = np.array([0], dtype=np.int64)
     return log
 

@@ -13,7 +13,7 @@ Optimizers, the same update as the torch side's:
   ``p -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps * sqrt(1 - b2^t))``, which is
   torch's ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`` rewritten (same eps
   placement relative to the bias-corrected second moment); checked numerically by
-  ``tests/test_align_train.py``;
+  ``tests/align/test_train.py``;
 - ``sgd``: ``paddle.optimizer.Momentum`` with ``L2Decay`` (added to the clipped gradient), as
   step 5 aligned against torch ``SGD``.
 

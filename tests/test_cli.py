@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from engine_tiny import REPO, make_tiny
 
 from ppdet_ghm import cli
+from tests.helpers.engine_tiny import REPO, make_tiny
 
 
 def test_overrides_are_yaml_values_with_dotted_keys_and_ppdet_tags():

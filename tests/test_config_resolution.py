@@ -1,6 +1,6 @@
 """Configs say only what differs from their bases, and mean what they meant before.
 
-``tests/data/resolved_configs.json`` holds ``builder.resolved_config`` of every shipped config as
+``tests/snapshots/resolved_configs.json`` holds ``builder.resolved_config`` of every shipped config as
 it was when each leaf config still wrote its head block whole (anchor generator, assigner, box
 coder, losses and post-processor inline, five copies). The configs now name those components and
 set them in one base (``configs/_base_/retinanet_head.yml``); every config must still resolve to
@@ -8,14 +8,13 @@ the same model, schedule and readers, value for value.
 """
 
 import json
-from pathlib import Path
 
 import pytest
 
 from ppdet_ghm.builder import build_model, load_config, resolved_config
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
-SNAPSHOT = json.loads((REPO / "tests" / "data" / "resolved_configs.json").read_text())
+SNAPSHOT = json.loads((REPO / "tests" / "snapshots" / "resolved_configs.json").read_text())
 
 
 def _json(value):

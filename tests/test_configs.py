@@ -13,8 +13,9 @@ from ppdet.optimizer import OptimizerBuilder
 
 import ppdet_ghm.losses
 from ppdet_ghm.builder import build_model, load_config, resolved_config
+from tests.helpers import REPO
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO)
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yml")))
 GHM = os.path.join(ROOT, "configs", "retinanet_ghm_r50_fpn_1x_coco.yml")
 BASELINE = os.path.join(ROOT, "configs", "retinanet_r50_fpn_1x_coco.yml")

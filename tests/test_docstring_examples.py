@@ -2,14 +2,12 @@
 
 import doctest
 import os
-from pathlib import Path
 
 import pytest
 
 from ppdet_ghm import builder
 from ppdet_ghm.losses import ghm
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ name`` is an edge to ``pkg.name`` when that is a module, else to ``pkg``. Run al
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 PACKAGES = ("ppdet_ghm", "align", "bench")
 
 

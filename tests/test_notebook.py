@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import json
-from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -19,7 +18,8 @@ import pytest
 from nbclient import NotebookClient
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 NOTEBOOK = REPO / "notebooks" / "train_ghm_retinanet.ipynb"
 
 

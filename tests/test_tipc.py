@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 TIPC_TXT = "test_tipc/configs/retinanet_ghm/train_infer_python.txt"
 MODE = "lite_train_lite_infer"
 SUCCESS = "Run successfully with command - "

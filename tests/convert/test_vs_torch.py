@@ -8,11 +8,6 @@ import collections
 
 import numpy as np
 import pytest
-from test_convert_mapping import (  # noqa: F401  (model_shapes, resnet_shapes: fixtures)
-    mmdet_retinanet_ghm_spec,
-    model_shapes,
-    resnet_shapes,
-)
 
 from ppdet_ghm.convert import (
     convert_state_dict,
@@ -21,6 +16,7 @@ from ppdet_ghm.convert import (
     torchvision_resnet_table,
 )
 from ppdet_ghm.convert.mapping import reference_ghm_edges
+from tests.helpers.torch_specs import mmdet_retinanet_ghm_spec
 
 pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")

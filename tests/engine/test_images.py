@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
-from engine_tiny import make_tiny
 from PIL import Image
 
 from ppdet_ghm.builder import build_model
 from ppdet_ghm.engine import tasks
+from tests.helpers.engine_tiny import make_tiny
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Export + Python predictor give the dygraph detections; infer and eval write what they promise.
 
-The tiny model of tests/engine_tiny.py is trained 2 iterations, then its classification layer is
+The tiny model of tests/helpers/engine_tiny.py is trained 2 iterations, then its classification layer is
 scaled up (weights x 30, bias 0) so that scores spread over (0, 1): with the near-constant scores of a
 fresh RetinaNet (prior 0.01), NMS would pick among near-ties and a 1e-6 difference could swap
 boxes. The same weights go to the dygraph ``infer`` and to ``export`` + ``ExportedDetector``.
@@ -13,11 +13,11 @@ import numpy as np
 import paddle
 import pytest
 import yaml
-from engine_tiny import TINY_SPEC, make_tiny
 
 from ppdet_ghm import cli
 from ppdet_ghm.engine import tasks
 from ppdet_ghm.engine.predictor import ExportedDetector
+from tests.helpers.engine_tiny import TINY_SPEC, make_tiny
 
 OVERRIDES = {"GHMRetinaHead.postprocessor.score_thr": 0.3}
 

@@ -10,10 +10,10 @@ import os
 
 import paddle
 import pytest
-from engine_tiny import make_tiny
 
 from ppdet_ghm import cli
 from ppdet_ghm.builder import build_model
+from tests.helpers.engine_tiny import make_tiny
 
 
 @pytest.fixture(scope="module")

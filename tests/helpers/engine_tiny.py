@@ -7,8 +7,7 @@ config is what gets exercised) and shrinks images (64 px), widths and the schedu
 from pathlib import Path
 
 from ppdet_ghm.data.demo_data import DemoDataSpec, generate
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 TINY_SPEC = DemoDataSpec(
     seed=5, num_train=4, num_val=2, image_size=64, min_size=8, max_size=32, empty_ratio=0.0

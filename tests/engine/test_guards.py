@@ -1,6 +1,6 @@
 """Non-finite losses (ppdet_ghm.engine.guards): stop naming the iteration and the term, or skip.
 
-Tiny variant of configs/demo.yml (tests/engine_tiny.py): 4 images, batch 2, 2 epochs of 2 steps,
+Tiny variant of configs/demo.yml (tests/helpers/engine_tiny.py): 4 images, batch 2, 2 epochs of 2 steps,
 a checkpoint after each epoch. A NaN is injected into ``loss_cls`` at a chosen iteration by a
 forward post-hook on the model (the loss dict is changed in place, with a real NaN gradient),
 or comes for real from a learning rate of 1e8 through the command line.
@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
-from engine_tiny import make_tiny
 from ppdet.engine.callbacks import Callback
 
 from ppdet_ghm import cli
@@ -23,6 +22,7 @@ from ppdet_ghm.engine.checkpoint_io import find_latest_checkpoint
 from ppdet_ghm.engine.guards import NonFiniteLossError
 from ppdet_ghm.engine.safe_load import safe_load
 from ppdet_ghm.engine.trainer import GHMTrainer
+from tests.helpers.engine_tiny import make_tiny
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from ppdet_ghm.losses import (
     ghmr_edges,
     ghmr_loss,
 )
+from tests.helpers import REPO
 
 EPS32 = float(np.finfo(np.float32).eps)  # mmdet's weight_reduce_loss: sum / (tot + eps)
 RTOL = 1e-6
@@ -325,9 +326,8 @@ def test_ghmr_five_call_momentum_sequence_with_ignored(dtype):
 def _loop_baseline():
     """bench/ghm_loop_baseline.py (the straightforward per-bin port), loaded by path."""
     import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "ghm_loop_baseline.py"
+    path = REPO / "bench" / "ghm_loop_baseline.py"
     spec = importlib.util.spec_from_file_location("ghm_loop_baseline", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -6,8 +6,6 @@ Source names are written out here from the architecture (mmdet ``ResNet(depth=18
 alignment (align/step13_train.py) converts the real mmdet model's arrays with it.
 """
 
-import os
-
 import numpy as np
 import paddle
 import pytest
@@ -17,13 +15,9 @@ from ppdet_ghm.builder import build_model
 from ppdet_ghm.convert import ConversionError, convert_state_dict, mmdet_retinanet_table
 from ppdet_ghm.convert.mapping import mmdet_architecture, torchvision_resnet_table
 from ppdet_ghm.modeling.backbone import NormEvalResNet
+from tests.helpers import REPO
 
-STEP13_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    "align",
-    "configs",
-    "train_r18_ghm.yml",
-)
+STEP13_CONFIG = str(REPO / "align" / "configs" / "train_r18_ghm.yml")
 BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 WIDTHS = (64, 128, 256, 512)
 

@@ -1,12 +1,12 @@
 """Data-parallel training on 2 CPU ranks (gloo) through ``paddle.distributed.launch``.
 
 The command is the one users run (README / scripts/train_coco_8gpu.sh), with
-tests/dist_workers/train_worker.py in place of scripts/main.py: the same ``ppdet_ghm.cli.main``,
+tests/helpers/dist_workers/train_worker.py in place of scripts/main.py: the same ``ppdet_ghm.cli.main``,
 plus a record of what each rank saw, saved and ended with::
 
     python -m paddle.distributed.launch --nproc_per_node 2 scripts/main.py train -c CONFIG ...
 
-Tiny variant of configs/demo.yml (tests/engine_tiny.py) on 8 generated 64 px images, batch 2 per
+Tiny variant of configs/demo.yml (tests/helpers/engine_tiny.py) on 8 generated 64 px images, batch 2 per
 rank: 2 epochs of 2 steps. GHM-C runs with ``sync_stats`` on and GHM-R with it off, so one run
 shows both: the synchronised histogram is the same on both ranks, the other one is not.
 """
@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_tiny import TINY_CONFIG
 
 from ppdet_ghm.data.demo_data import DemoDataSpec, generate
 from ppdet_ghm.engine.checkpoint_io import find_latest_checkpoint, read_meta
 from ppdet_ghm.engine.safe_load import safe_load
+from tests.helpers import REPO
+from tests.helpers.engine_tiny import TINY_CONFIG
 
-REPO = Path(__file__).resolve().parents[1]
-WORKER = REPO / "tests" / "dist_workers" / "train_worker.py"
+WORKER = REPO / "tests" / "helpers" / "dist_workers" / "train_worker.py"
 SPEC = DemoDataSpec(
     seed=5, num_train=8, num_val=2, image_size=64, min_size=8, max_size=32, empty_ratio=0.0
 )

@@ -12,12 +12,12 @@ import pickle
 import numpy as np
 import paddle
 import pytest
-from engine_tiny import make_tiny
 
 from ppdet_ghm import cli
 from ppdet_ghm.builder import build_model
 from ppdet_ghm.engine import safe_load as safe_load_module
 from ppdet_ghm.engine.safe_load import UnsafeCheckpointError, ensure_safe, safe_load
+from tests.helpers.engine_tiny import make_tiny
 
 
 class _System:

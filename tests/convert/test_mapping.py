@@ -2,7 +2,7 @@
 atomic output, and loading the result with ppdet's own loaders.
 
 Source names are written out here from the architecture (torchvision / mmdet ResNet-50, mmdet FPN
-and RetinaHead), independently of the converter's table; tests/test_convert_torch.py checks them
+and RetinaHead), independently of the converter's table; tests/convert/test_vs_torch.py checks them
 against mmdet's real model where torch is installed.
 """
 
@@ -14,7 +14,6 @@ import numpy as np
 import paddle
 import pytest
 from ppdet.modeling.backbones.resnet import ResNet
-from test_convert_reader import contiguous, write_zip_checkpoint
 
 from ppdet_ghm.convert import (
     ConversionError,
@@ -26,94 +25,16 @@ from ppdet_ghm.convert import (
 )
 from ppdet_ghm.convert.cli import DEFAULT_CONFIG
 from ppdet_ghm.convert.mapping import mmdet_backbone_table, reference_ghm_edges
+from tests.helpers import REPO as _REPO
+from tests.helpers.torch_files import contiguous, write_zip_checkpoint
+from tests.helpers.torch_specs import (
+    mmdet_retinanet_ghm_spec,
+    tagged_state_dict,
+    torch_resnet50_spec,
+    torchvision_resnet50_spec,
+)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BLOCKS = (3, 4, 6, 3)
-WIDTHS = (64, 128, 256, 512)
-
-
-def _bn(name, c):
-    return [(f"{name}.{p}", (c,)) for p in ("weight", "bias", "running_mean", "running_var")] + [
-        (f"{name}.num_batches_tracked", ())
-    ]
-
-
-def torch_resnet50_spec(prefix=""):
-    """``[(name, shape)]`` of a torch ResNet-50 (torchvision / mmdet names) without ``fc``."""
-    spec = [(f"{prefix}conv1.weight", (64, 3, 7, 7))] + _bn(f"{prefix}bn1", 64)
-    cin = 64
-    for layer, (blocks, width) in enumerate(zip(BLOCKS, WIDTHS, strict=True), start=1):
-        for b in range(blocks):
-            p = f"{prefix}layer{layer}.{b}"
-            spec += [(f"{p}.conv1.weight", (width, cin, 1, 1))] + _bn(f"{p}.bn1", width)
-            spec += [(f"{p}.conv2.weight", (width, width, 3, 3))] + _bn(f"{p}.bn2", width)
-            spec += [(f"{p}.conv3.weight", (4 * width, width, 1, 1))] + _bn(f"{p}.bn3", 4 * width)
-            if b == 0:
-                spec += [(f"{p}.downsample.0.weight", (4 * width, cin, 1, 1))]
-                spec += _bn(f"{p}.downsample.1", 4 * width)
-            cin = 4 * width
-    return spec
-
-
-def torchvision_resnet50_spec():
-    return torch_resnet50_spec() + [("fc.weight", (1000, 2048)), ("fc.bias", (1000,))]
-
-
-def mmdet_retinanet_ghm_spec(ghm_buffers=True):
-    """``[(name, shape)]`` of mmdet's RetinaNet-GHM R50-FPN (80 classes, 9 anchors)."""
-    spec = torch_resnet50_spec("backbone.")
-    for i, c in enumerate((512, 1024, 2048)):
-        spec += [(f"neck.lateral_convs.{i}.conv.weight", (256, c, 1, 1))]
-        spec += [(f"neck.lateral_convs.{i}.conv.bias", (256,))]
-    for i, c in enumerate((256, 256, 256, 2048, 256)):
-        spec += [(f"neck.fpn_convs.{i}.conv.weight", (256, c, 3, 3))]
-        spec += [(f"neck.fpn_convs.{i}.conv.bias", (256,))]
-    if ghm_buffers:
-        spec += [("bbox_head.loss_cls.edges", (31,)), ("bbox_head.loss_cls.acc_sum", (30,))]
-        spec += [("bbox_head.loss_bbox.edges", (11,)), ("bbox_head.loss_bbox.acc_sum", (10,))]
-    for tower in ("cls_convs", "reg_convs"):
-        for i in range(4):
-            spec += [(f"bbox_head.{tower}.{i}.conv.weight", (256, 256, 3, 3))]
-            spec += [(f"bbox_head.{tower}.{i}.conv.bias", (256,))]
-    spec += [
-        ("bbox_head.retina_cls.weight", (720, 256, 3, 3)),
-        ("bbox_head.retina_cls.bias", (720,)),
-    ]
-    spec += [("bbox_head.retina_reg.weight", (36, 256, 3, 3)), ("bbox_head.retina_reg.bias", (36,))]
-    return spec
-
-
-def tagged_state_dict(spec):
-    """``{name: array}``: float32 zeros (lazily allocated) with a distinct tag as first element;
-    int64 counters for ``num_batches_tracked``; reference edges for the GHM ``edges``."""
-    out = {}
-    for i, (name, shape) in enumerate(spec):
-        if name.endswith("num_batches_tracked"):
-            out[name] = np.array(1000 + i, dtype=np.int64)
-        elif name.endswith(".edges"):
-            out[name] = reference_ghm_edges(name, shape[0])
-        else:
-            arr = np.zeros(shape, dtype=np.float32)
-            arr.flat[0] = i + 1
-            out[name] = arr
-    return out
-
-
-@pytest.fixture(scope="module")
-def resnet_shapes():
-    resnet = ResNet(depth=50, variant="b", norm_type="bn", freeze_at=0, return_idx=[1, 2, 3])
-    return {k: tuple(v.shape) for k, v in resnet.state_dict().items()}
-
-
-@pytest.fixture(scope="module")
-def model_shapes(resnet_shapes):
-    """Our full model's names/shapes: ``backbone.`` + ppdet ResNet, and the neck/head contract."""
-    shapes = {f"backbone.{k}": v for k, v in resnet_shapes.items()}
-    for name, shape in mmdet_retinanet_ghm_spec():
-        if name.startswith("neck.") or name.startswith("bbox_head."):
-            if not name.endswith(".edges"):
-                shapes[name.replace("bbox_head.", "head.").replace(".conv.", ".")] = shape
-    return shapes
+REPO = str(_REPO)
 
 
 def test_table_counts():

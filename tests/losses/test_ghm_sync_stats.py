@@ -1,6 +1,6 @@
 """sync_stats of the GHM losses on 2 CPU ranks (gloo), through ``paddle.distributed.launch``.
 
-The worker (tests/dist_workers/ghm_sync_worker.py) runs 3 calls with momentum on unequal shares
+The worker (tests/helpers/dist_workers/ghm_sync_worker.py) runs 3 calls with momentum on unequal shares
 of one batch with ``sync_stats=True``, and rank 0 runs the same calls without sync on the whole
 batch. Both ranks must hold the same histogram, equal to the single-process one; the ranks' mean
 loss (and gradient, what DataParallel averages) must be the single-process loss (gradient).
@@ -9,13 +9,13 @@ loss (and gradient, what DataParallel averages) must be the single-process loss 
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-WORKER = REPO / "tests" / "dist_workers" / "ghm_sync_worker.py"
+from tests.helpers import REPO
+
+WORKER = REPO / "tests" / "helpers" / "dist_workers" / "ghm_sync_worker.py"
 
 
 @pytest.fixture(scope="module")

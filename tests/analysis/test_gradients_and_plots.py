@@ -7,12 +7,12 @@ differences of the losses, and hand-computed values.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ppdet_ghm.analysis import gradients as G
+from tests.helpers import REPO
 
 
 # ------------------------------------------------------------------ independent references
@@ -378,7 +378,7 @@ def test_ghm_monitor_records_each_level_every_k_iterations(tmp_path, caplog):
 
 
 # ------------------------------------------------------------------ plot-gradients end to end
-TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs/demo.yml"  # the CPU demo model
+TINY_CONFIG = REPO / "configs/demo.yml"  # the CPU demo model
 
 
 @pytest.fixture(scope="module")

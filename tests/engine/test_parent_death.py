@@ -1,6 +1,6 @@
 """No process of ours outlives its parent: ``kill -9`` of the trainer, and of the launcher.
 
-Tiny variant of configs/demo.yml (tests/engine_tiny.py) on 8 generated 64 px images, with
+Tiny variant of configs/demo.yml (tests/helpers/engine_tiny.py) on 8 generated 64 px images, with
 DataLoader workers on (``worker_num=2``) and enough epochs to be still training when killed.
 Each test starts the command users run, waits for its first logged iteration, collects the
 process tree under it, sends SIGKILL to the top process and then requires every process of the
@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
-from engine_tiny import TINY_CONFIG
 
 from ppdet_ghm.data.demo_data import DemoDataSpec, generate
 from ppdet_ghm.engine import parent_death
+from tests.helpers import REPO
+from tests.helpers.engine_tiny import TINY_CONFIG
 
-REPO = Path(__file__).resolve().parents[1]
 SPEC = DemoDataSpec(
     seed=5, num_train=8, num_val=2, image_size=64, min_size=8, max_size=32, empty_ratio=0.0
 )

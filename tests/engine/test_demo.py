@@ -3,10 +3,10 @@
 import json
 import os
 
-from engine_tiny import make_tiny
 from PIL import Image
 
 from ppdet_ghm import cli
+from tests.helpers.engine_tiny import make_tiny
 
 
 def test_demo_runs_every_step_and_says_where_everything_went(tmp_path, capsys):

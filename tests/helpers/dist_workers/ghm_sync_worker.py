@@ -1,11 +1,11 @@
-"""Worker of tests/test_ghm_sync_stats.py, run by ``paddle.distributed.launch`` on 2 CPU ranks.
+"""Worker of tests/losses/test_ghm_sync_stats.py, run by ``paddle.distributed.launch`` on 2 CPU ranks.
 
 Every rank builds the same seeded batch, takes its own share of the rows (unequal shares), runs
 GHMCLoss / GHMRLoss with ``sync_stats=True`` for 3 calls with momentum, and saves its histograms,
 losses and gradients to ``<out_dir>/rank<r>.npz``. Rank 0 also runs the losses without sync on
 the whole batch (the single-process result) and saves it to ``<out_dir>/single.npz``.
 
-    python -m paddle.distributed.launch --nproc_per_node 2 tests/dist_workers/ghm_sync_worker.py OUT
+    python -m paddle.distributed.launch --nproc_per_node 2 tests/helpers/dist_workers/ghm_sync_worker.py OUT
 """
 
 import os

@@ -2,9 +2,8 @@
 
 import re
 
-from engine_tiny import make_tiny
-
 from ppdet_ghm import cli
+from tests.helpers.engine_tiny import make_tiny
 
 
 def test_train_logs_per_level_ghm_histograms(tmp_path):

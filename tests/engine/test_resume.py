@@ -1,6 +1,6 @@
 """Resume continues the same trajectory: 4 steps straight == 2 steps + resume + 2 steps.
 
-Tiny variant of configs/demo.yml (tests/engine_tiny.py): 4 images, batch 2, 2 epochs of 2 steps,
+Tiny variant of configs/demo.yml (tests/helpers/engine_tiny.py): 4 images, batch 2, 2 epochs of 2 steps,
 shuffled data, random flips, LR warmup over 3 steps then a step decay after epoch 1, GHM momentum
 on. The straight run writes a checkpoint after epoch 0; resuming from it in a fresh trainer must
 give the straight run's last two losses (1e-5), learning rates and final weights.
@@ -11,11 +11,11 @@ import json
 import numpy as np
 import paddle
 import pytest
-from engine_tiny import make_tiny
 
 from ppdet_ghm.builder import load_config
 from ppdet_ghm.engine import tasks
 from ppdet_ghm.engine.trainer import GHMTrainer
+from tests.helpers.engine_tiny import make_tiny
 
 
 @pytest.fixture(scope="module")

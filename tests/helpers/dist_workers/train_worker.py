@@ -1,7 +1,7 @@
-"""Worker of tests/test_distributed.py: the ``ppdet-ghm train`` command line (what
+"""Worker of tests/engine/test_distributed.py: the ``ppdet-ghm train`` command line (what
 ``scripts/main.py`` runs) under ``paddle.distributed.launch``, plus a record of each rank.
 
-    python -m paddle.distributed.launch --nproc_per_node 2 tests/dist_workers/train_worker.py \
+    python -m paddle.distributed.launch --nproc_per_node 2 tests/helpers/dist_workers/train_worker.py \
         OUT train -c CONFIG [ppdet-ghm train flags]
 
 Runs ``ppdet_ghm.cli.main`` with the arguments after OUT, unchanged. To let the test compare

@@ -1,6 +1,6 @@
 """SIGINT / SIGTERM during training: a resumable checkpoint, and a resumed run that ends equal.
 
-Tiny variant of configs/demo.yml (tests/engine_tiny.py) on 8 generated images, batch 2: 2 epochs
+Tiny variant of configs/demo.yml (tests/helpers/engine_tiny.py) on 8 generated images, batch 2: 2 epochs
 of 4 steps (LR warmup over 3 steps, step decay after epoch 1, shuffling, flips, GHM momentum).
 The straight run is the reference; interrupted runs are resumed with ``-r auto`` and must repeat
 its losses from the checkpoint on (1e-5) and end with its weights (1e-5), as the resume test of
@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_tiny import TINY_CONFIG
 from ppdet.engine.callbacks import Callback
 
 from ppdet_ghm import cli
@@ -33,8 +32,9 @@ from ppdet_ghm.engine.checkpoint_io import find_latest_checkpoint, read_meta
 from ppdet_ghm.engine.interrupt import TrainingInterrupted, signals_blocked
 from ppdet_ghm.engine.safe_load import safe_load
 from ppdet_ghm.engine.trainer import GHMTrainer
+from tests.helpers import REPO
+from tests.helpers.engine_tiny import TINY_CONFIG
 
-REPO = Path(__file__).resolve().parents[1]
 SPEC = DemoDataSpec(
     seed=5, num_train=8, num_val=2, image_size=64, min_size=8, max_size=32, empty_ratio=0.0
 )
