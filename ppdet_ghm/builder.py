@@ -18,9 +18,32 @@ from ppdet.core.config.schema import SchemaDict
 # Our modules are registered in ppdet's workspace by ``import ppdet_ghm``, which Python runs before
 # this module (its package), so every config here finds them.
 
-__all__ = ["build_model", "load_config", "parse_overrides", "reset_config", "resolved_config"]
+__all__ = [
+    "add_config_arguments",
+    "build_model",
+    "load_config",
+    "parse_overrides",
+    "reset_config",
+    "resolved_config",
+]
 
 logger = logging.getLogger(__name__)
+
+
+def add_config_arguments(parser, required: bool = True, config_help: str = "config file (YAML)"):
+    """``-c CONFIG`` and ``-o KEY=VALUE ...`` (read by :func:`parse_overrides`), as every
+    command of ours and ppdet's ``tools/*.py`` take them."""
+    parser.add_argument("-c", "--config", required=required, help=config_help)
+    parser.add_argument(
+        "-o",
+        "--opt",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides, ppdet style: dotted keys, YAML values (e.g. epoch=2 "
+        "TrainReader.batch_size=4 weights=output/demo/model_final)",
+    )
 
 
 def parse_overrides(items: Sequence[str] | None) -> dict:

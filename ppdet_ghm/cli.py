@@ -30,7 +30,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ppdet_ghm.builder import parse_overrides
+from ppdet_ghm.builder import add_config_arguments, parse_overrides
 
 __all__ = ["build_parser", "main", "parse_overrides"]
 
@@ -38,17 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = True):
-    parser.add_argument("-c", "--config", required=required, help="config file (YAML)")
-    parser.add_argument(
-        "-o",
-        "--opt",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides, ppdet style: dotted keys, YAML values (e.g. epoch=2 "
-        "TrainReader.batch_size=4 weights=output/demo/model_final)",
-    )
+    add_config_arguments(parser, required)
     parser.add_argument("--output_dir", default=None, help="where outputs go")
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads (default: all available)"

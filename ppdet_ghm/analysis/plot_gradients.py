@@ -52,16 +52,9 @@ FIGURES = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of ``plot-gradients`` (the CLI adds them to its sub-command parser)."""
-    parser.add_argument("-c", "--config", required=True, help="model/data config (YAML)")
-    parser.add_argument(
-        "-o",
-        "--opt",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides as ppdet's -o (dotted keys, YAML values), e.g. weights=model.pdparams",
-    )
+    from ppdet_ghm.builder import add_config_arguments
+
+    add_config_arguments(parser, config_help="model/data config (YAML); -o weights=W: the model")
     parser.add_argument("--images", type=int, default=100, help="number of images (default 100)")
     parser.add_argument("--out", default="output/gradients", help="output directory")
     parser.add_argument(

@@ -36,16 +36,9 @@ def default_config(name: str = "demo.yml") -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("-c", "--config", default=None, help="default: configs/demo.yml")
-    parser.add_argument(
-        "-o",
-        "--opt",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides (ppdet style), e.g. epoch=2",
-    )
+    from ppdet_ghm.builder import add_config_arguments
+
+    add_config_arguments(parser, required=False, config_help="default: configs/demo.yml")
     parser.add_argument("--data-dir", default="demo_data", help="data set folder (demo_data)")
     parser.add_argument(
         "--output-dir", default="demo_output", help="outputs go to <output-dir>/<config name>"
@@ -159,19 +152,17 @@ def _loss_names(cfg, sep: str = " / ") -> str:
     return f"{head['loss_cls']['name']}{sep}{head['loss_bbox']['name']}"
 
 
+STEPS = 4  # data, train, evaluate, picture
+
+
 def run_one(args: argparse.Namespace, config: str) -> dict:
     """The demo for one config; returns ``{"stats", "per_class_ap", "timings_s", "paths", ...}``
     (also written to ``<output-dir>/<config name>/results.json``)."""
-    from tqdm import tqdm
-
     from ppdet_ghm.builder import load_config, parse_overrides
-    from ppdet_ghm.data.demo_data import DemoDataSpec, generate, validate
-    from ppdet_ghm.engine import tasks
-    from ppdet_ghm.engine.coco_eval import format_per_class_table
-    from ppdet_ghm.engine.trainer import quiet_console
-    from ppdet_ghm.engine.visualize import image_grid
 
     started = time.time()
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     data_dir = Path(args.data_dir)
     overrides = {
         "TrainDataset.dataset_dir": str(data_dir),
@@ -180,21 +171,44 @@ def run_one(args: argparse.Namespace, config: str) -> dict:
         **parse_overrides(args.opt),
     }
     cfg = load_config(config, overrides)
-    name = cfg.filename
-    out = Path(args.output_dir) / name
-    train_dir, eval_dir, infer_dir = out / "train", out / "eval", out / "infer"
-    threads = args.threads
-    if threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}")
-    steps = 4
+    out = Path(args.output_dir) / cfg.filename
     print(
         f"ppdet-ghm demo: {cfg.architecture} with {_loss_names(cfg)} on generated {args.data_kind}, "
-        f"CPU x {threads} threads\nconfig {config}; outputs in {out}"
+        f"CPU x {args.threads} threads\nconfig {config}; outputs in {out}"
     )
-    timings = {}
-    cpu = {}
+    run = _Run(args, config, overrides, data_dir, out)
+    counts = run.timed("data", _make_data, run)
+    weights = run.timed("train", _train, run, cfg)
+    results = run.timed("eval", _evaluate, run, weights, counts["val"]["images"])
+    picture = run.timed("picture", _draw, run, weights)
+    run.timings["total"] = time.time() - started
+    return _report(run, cfg, results, weights, picture)
 
-    # 1. data
+
+class _Run:
+    """What the stages of one demo share: arguments, paths, and their timings."""
+
+    def __init__(self, args, config: str, overrides: dict, data_dir: Path, out: Path):
+        self.args, self.config, self.overrides = args, config, overrides
+        self.data_dir, self.out = data_dir, out
+        self.train_dir, self.eval_dir, self.infer_dir = out / "train", out / "eval", out / "infer"
+        self.timings: dict[str, float] = {}
+        self.train_cpu_s = 0.0
+
+    def timed(self, name: str, stage, *args):
+        tic = time.time()
+        result = stage(*args)
+        self.timings[name] = time.time() - tic
+        return result
+
+
+def _make_data(run: _Run) -> dict:
+    """Stage 1: generate the data set unless the same one is there; returns its counts."""
+    from tqdm import tqdm
+
+    from ppdet_ghm.data.demo_data import DemoDataSpec, generate, validate
+
+    args = run.args
     spec = DemoDataSpec(
         seed=args.data_seed,
         num_train=args.num_train,
@@ -203,105 +217,117 @@ def run_one(args: argparse.Namespace, config: str) -> dict:
         max_size=args.max_size,
         kind=args.data_kind,
     )
-    tic = time.time()
-    if _data_is_current(data_dir, spec):
-        _step(1, steps, f"data: {data_dir} is there already (same generator settings)")
+    if _data_is_current(run.data_dir, spec):
+        _step(1, STEPS, f"data: {run.data_dir} is there already (same generator settings)")
     else:
-        _step(1, steps, f"data: generating {spec.num_train} train + {spec.num_val} val images")
+        _step(1, STEPS, f"data: generating {spec.num_train} train + {spec.num_val} val images")
         with tqdm(total=spec.num_train + spec.num_val, desc="data", unit="img") as bar:
-            generate(spec, data_dir, progress=bar.update)
-    summary = validate(data_dir, spec)
-    for split, counts in summary.items():
+            generate(spec, run.data_dir, progress=bar.update)
+    counts = validate(run.data_dir, spec)
+    for split, split_counts in counts.items():
         print(
-            f"      {split}: {counts['images']} images, {counts['objects']} objects, "
-            f"{counts['empty_images']} without objects"
+            f"      {split}: {split_counts['images']} images, {split_counts['objects']} objects, "
+            f"{split_counts['empty_images']} without objects"
         )
-    timings["data"] = time.time() - tic
+    return counts
 
-    # 2. train
-    epochs = int(cfg.epoch)
-    batch = int(cfg.TrainReader["batch_size"])
-    _step(2, steps, f"train: {epochs} epochs, batch {batch}, random init (log: {train_dir})")
+
+def _train(run: _Run, cfg) -> str:
+    """Stage 2: train from random init; returns the final weights (path without suffix)."""
+    from ppdet_ghm.engine import tasks
+    from ppdet_ghm.engine.trainer import quiet_console
+
+    epochs, batch = int(cfg.epoch), int(cfg.TrainReader["batch_size"])
+    _step(2, STEPS, f"train: {epochs} epochs, batch {batch}, random init (log: {run.train_dir})")
     tic, cpu_tic = time.time(), time.process_time()
     with quiet_console():
         tasks.train(
-            config,
-            overrides=overrides,
-            output_dir=str(train_dir),
+            run.config,
+            overrides=run.overrides,
+            output_dir=str(run.train_dir),
             progress=True,
-            seed=args.seed,
-            threads=threads,
+            seed=run.args.seed,
+            threads=run.args.threads,
         )
-    timings["train"] = time.time() - tic
-    cpu["train"] = time.process_time() - cpu_tic
-    weights = str(train_dir / "model_final")
-    print(f"      done in {_fmt_seconds(timings['train'])}: {weights}.pdparams")
+    run.train_cpu_s = time.process_time() - cpu_tic
+    weights = str(run.train_dir / "model_final")
+    print(f"      done in {_fmt_seconds(time.time() - tic)}: {weights}.pdparams")
+    return weights
 
-    # 3. evaluate
-    _step(3, steps, f"evaluate on the {summary['val']['images']} val images (COCO protocol)")
-    tic = time.time()
+
+def _evaluate(run: _Run, weights: str, num_val: int):
+    """Stage 3: COCO evaluation on the val split; prints the summary and per-class AP."""
+    from ppdet_ghm.engine import tasks
+    from ppdet_ghm.engine.coco_eval import format_per_class_table
+    from ppdet_ghm.engine.trainer import quiet_console
+
+    _step(3, STEPS, f"evaluate on the {num_val} val images (COCO protocol)")
     with quiet_console():
         results = tasks.evaluate(
-            config,
+            run.config,
             weights=weights,
-            overrides=overrides,
-            output_dir=str(eval_dir),
+            overrides=run.overrides,
+            output_dir=str(run.eval_dir),
             progress=True,
-            threads=threads,
+            threads=run.args.threads,
         )
-    timings["eval"] = time.time() - tic
     print(results.summary)
     print("\n      per-class AP (0.5:0.95):")
-    print(
-        "\n".join(
-            "      " + line for line in format_per_class_table(results.per_class_ap).splitlines()
-        )
-    )
+    table = format_per_class_table(results.per_class_ap)
+    print("\n".join("      " + line for line in table.splitlines()))
+    return results
 
-    # 4. picture
-    _step(4, steps, f"draw the detections of {args.num_pictures} val images")
-    tic = time.time()
-    val_images = tasks.find_images(data_dir / "val")[: args.num_pictures]
-    with quiet_console():
-        tasks.infer(
-            config,
-            val_images,
-            weights=weights,
-            overrides=overrides,
-            output_dir=str(infer_dir),
-            draw_threshold=0.5,
-            threads=threads,
-        )
+
+def _draw(run: _Run, weights: str) -> Path:
+    """Stage 4: detections drawn on the first val images, as one picture; returns its path."""
     from PIL import Image
 
-    drawn = [Image.open(infer_dir / os.path.basename(p)) for p in val_images]
-    picture = out / "detections.png"
-    image_grid(drawn, columns=4).save(picture)
-    timings["picture"] = time.time() - tic
-    timings["total"] = time.time() - started
+    from ppdet_ghm.engine import tasks
+    from ppdet_ghm.engine.trainer import quiet_console
+    from ppdet_ghm.engine.visualize import image_grid
 
+    _step(4, STEPS, f"draw the detections of {run.args.num_pictures} val images")
+    val_images = tasks.find_images(run.data_dir / "val")[: run.args.num_pictures]
+    with quiet_console():
+        tasks.infer(
+            run.config,
+            val_images,
+            weights=weights,
+            overrides=run.overrides,
+            output_dir=str(run.infer_dir),
+            draw_threshold=0.5,
+            threads=run.args.threads,
+        )
+    drawn = [Image.open(run.infer_dir / os.path.basename(p)) for p in val_images]
+    picture = run.out / "detections.png"
+    image_grid(drawn, columns=4).save(picture)
+    return picture
+
+
+def _report(run: _Run, cfg, results, weights: str, picture: Path) -> dict:
+    """``results.json`` and the closing lines: AP, where everything went, the time of each stage."""
     paths = {
-        "data": str(data_dir),
+        "data": str(run.data_dir),
         "checkpoint": weights + ".pdparams",
-        "train_log": str(train_dir / "train.log"),
-        "detections_json": str(eval_dir / "bbox.json"),
-        "metrics": str(eval_dir / "metrics.json"),
+        "train_log": str(run.train_dir / "train.log"),
+        "detections_json": str(run.eval_dir / "bbox.json"),
+        "metrics": str(run.eval_dir / "metrics.json"),
         "picture": str(picture),
-        "infer": str(infer_dir),
+        "infer": str(run.infer_dir),
     }
     record = {
-        "config": config,
-        "config_name": name,
+        "config": run.config,
+        "config_name": cfg.filename,
         "losses": _loss_names(cfg, " + "),
-        "overrides": {k: str(v) for k, v in overrides.items()},
+        "overrides": {k: str(v) for k, v in run.overrides.items()},
         "stats": results.stats,
         "per_class_ap": results.per_class_ap,
-        "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        "train_cpu_s": round(cpu["train"], 1),
-        "threads": threads,
+        "timings_s": {k: round(v, 1) for k, v in run.timings.items()},
+        "train_cpu_s": round(run.train_cpu_s, 1),
+        "threads": run.args.threads,
         "paths": paths,
     }
-    (out / "results.json").write_text(json.dumps(record, indent=1) + "\n")
+    (run.out / "results.json").write_text(json.dumps(record, indent=1) + "\n")
 
     s = results.stats
     print(
@@ -312,7 +338,8 @@ def run_one(args: argparse.Namespace, config: str) -> dict:
     width = max(len(k) for k in paths)
     for key, value in paths.items():
         print(f"  {key:<{width}}  {value}")
-    print(f"  {'results':<{width}}  {out / 'results.json'}")
+    print(f"  {'results':<{width}}  {run.out / 'results.json'}")
+    timings = run.timings
     print(
         "\ntime: "
         + ", ".join(f"{k} {_fmt_seconds(v)}" for k, v in timings.items() if k != "total")
