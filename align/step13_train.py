@@ -345,7 +345,8 @@ def score_histograms(args) -> dict:
             ax.set_title(f"{loss.upper()} loss, {label}")
             ax.set_xlabel("score")
             ax.legend()
-    fig.suptitle(f"detection scores on the val split (seed {args.seed}, {args.optim})")
+    data = "" if args.data_kind == "shapes" else f", {args.data_kind} set"
+    fig.suptitle(f"detection scores on the val split (seed {args.seed}, {args.optim}{data})")
     fig.tight_layout()
     os.makedirs(args.results or RESULTS_DIR, exist_ok=True)
     kind = "" if args.data_kind == "shapes" else f"_{args.data_kind}"
@@ -412,6 +413,13 @@ def summary(results: str) -> dict:
     return out
 
 
+def _ap_cell(value: float, bold: bool = False) -> str:
+    """One AP in percent; COCOeval's -1 (no ground truth in that size range) as '-'."""
+    if value < 0:
+        return "-"
+    return f"**{value:.1f}**" if bold else f"{value:.1f}"
+
+
 def format_table_2x2(out: dict) -> str:
     """Markdown: one row per data, loss, side and seed, then the means, spreads and gaps."""
     lines = ["| data | loss | optimizer | side | seed | " + " | ".join(AP_KEYS) + " |"]
@@ -421,9 +429,9 @@ def format_table_2x2(out: dict) -> str:
         run = f"| {group['kind']} | {group['loss']} | {group['optim']}"
         for side in SIDES:
             for seed, r in sorted(group["seeds"].items()):
-                ap = " | ".join(f"{r['coco'][side][k]:.1f}" for k in AP_KEYS)
+                ap = " | ".join(_ap_cell(r["coco"][side][k]) for k in AP_KEYS)
                 lines.append(f"{run} | {label[side]} | {seed} | {ap} |")
-            mean = " | ".join(f"**{group['mean'][side][k]:.1f}**" for k in AP_KEYS)
+            mean = " | ".join(_ap_cell(group["mean"][side][k], bold=True) for k in AP_KEYS)
             lines.append(f"{run} | {label[side]} | mean | {mean} |")
     lines.append("")
     for group in out["runs"].values():
