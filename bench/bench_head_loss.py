@@ -17,15 +17,15 @@ forward being targets; for the per-bin-loop and vectorised losses alone at these
 import argparse
 import sys
 
-from bench import common, inputs
+from bench import driver, inputs, timing
 
 SCRIPT = "bench_head_loss"
 
 
 def worker(args):
-    common.set_framework_threads(args.side, args.threads)
+    timing.set_framework_threads(args.side, args.threads)
     batch = inputs.make_batch(args.case)
-    timer = common.SectionTimer()
+    timer = timing.SectionTimer()
     if args.side == "torch":
         from bench import torch_side as side
     else:
@@ -39,7 +39,7 @@ def worker(args):
     def timed():
         losses.append(step())
 
-    res = common.measure(timed, args.warmup, args.repeats, after_warmup=timer.reset)
+    res = timing.measure(timed, args.warmup, args.repeats, after_warmup=timer.reset)
     res["ghm_forward_s"] = timer.total_s / args.repeats
     res["ghm_calls_per_iter"] = timer.calls / args.repeats
     res["losses"] = losses
@@ -48,14 +48,14 @@ def worker(args):
 
 def _ghm_cells(case, ref, ours):
     return [
-        common.fmt_ms(ref.get("ghm_forward_s")),
-        common.fmt_ms(ours.get("ghm_forward_s")),
-        common.fmt_ratio(ours.get("ghm_forward_s"), ref.get("ghm_forward_s")),
+        driver.fmt_ms(ref.get("ghm_forward_s")),
+        driver.fmt_ms(ours.get("ghm_forward_s")),
+        driver.fmt_ratio(ours.get("ghm_forward_s"), ref.get("ghm_forward_s")),
     ]
 
 
 def main(argv=None):
-    parser = common.base_parser(__doc__.splitlines()[0])
+    parser = driver.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--case", help=argparse.SUPPRESS)  # worker only
     parser.add_argument(
         "--cases", nargs="+", choices=sorted(inputs.CASES), default=["b2_512", "b1_800x1333"]
@@ -66,17 +66,17 @@ def main(argv=None):
 
         args.seed = DEFAULT_SEED
     if args.worker:
-        common.emit_result(worker(args))
+        timing.emit_result(worker(args))
         return 0
-    results = common.drive(SCRIPT, args, args.cases)
+    results = driver.drive(SCRIPT, args, args.cases)
     header = [
-        *common.COMPARISON_HEADER,
+        *driver.COMPARISON_HEADER,
         "mmdet GHM fwd ms",
         "ours GHM fwd ms",
         "GHM ours/ref",
     ]
-    rows = common.comparison_rows(results, args.cases, extra=_ghm_cells)
-    return common.finish(SCRIPT, args, header, rows, results)
+    rows = driver.comparison_rows(results, args.cases, extra=_ghm_cells)
+    return driver.finish(SCRIPT, args, header, rows, results)
 
 
 if __name__ == "__main__":

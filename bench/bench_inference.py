@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from bench import common, inputs
+from bench import driver, inputs, timing
 
 SCRIPT = "bench_inference"
 OUR_MODES = ("eager", "predictor", "predictor-plain")
@@ -41,7 +41,7 @@ LABELS = {
 
 
 def worker(args):
-    common.set_framework_threads(args.side, args.threads)
+    timing.set_framework_threads(args.side, args.threads)
     if args.side == "torch":
         from bench import torch_side as side
     else:
@@ -52,7 +52,7 @@ def worker(args):
         side.export(model, args.export_dir)
         return {
             "export_s": time.perf_counter() - start,
-            "peak_rss_mib": common.process_peak_rss_mib(),
+            "peak_rss_mib": timing.process_peak_rss_mib(),
         }
     batch = inputs.make_batch(args.case)
     if args.mode.startswith("predictor"):
@@ -61,7 +61,7 @@ def worker(args):
         )
     else:
         step = side.infer_step(side.build(args.seed), batch)
-    nms_timer = common.SectionTimer()
+    nms_timer = timing.SectionTimer()
     if args.side == "torch":
         side.hook_nms(nms_timer)
     detections = []
@@ -69,7 +69,7 @@ def worker(args):
     def timed():
         detections.append(step())
 
-    res = common.measure(timed, args.warmup, args.repeats, after_warmup=nms_timer.reset)
+    res = timing.measure(timed, args.warmup, args.repeats, after_warmup=nms_timer.reset)
     res["detections"] = detections[-1]
     if args.side == "torch":
         res["nms_s"] = nms_timer.total_s / args.repeats
@@ -103,13 +103,13 @@ def _run(args, export_dir):
             if mode != "export":
                 worker_args += ["--case", key]
             tag = f"[{SCRIPT}] {key} / {side} {mode} round {round_index + 1}/{args.rounds}"
-            res = common.run_worker_logged(SCRIPT, tag, worker_args, args.threads)
+            res = driver.run_worker_logged(SCRIPT, tag, worker_args, args.threads)
             rounds.setdefault((key, f"{side}:{mode}"), []).append(res)
-    return {key: common.merge_rounds(res) for key, res in rounds.items()}
+    return {key: driver.merge_rounds(res) for key, res in rounds.items()}
 
 
 def main(argv=None):
-    parser = common.base_parser(__doc__.splitlines()[0])
+    parser = driver.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--case", help=argparse.SUPPRESS)  # worker only
     parser.add_argument("--mode", choices=MODES, default="eager", help=argparse.SUPPRESS)
     parser.add_argument("--export-dir", default=None, help="keep the exported models here")
@@ -127,7 +127,7 @@ def main(argv=None):
 
         args.seed = DEFAULT_SEED
     if args.worker:
-        common.emit_result(worker(args))
+        timing.emit_result(worker(args))
         return 0
 
     export_dir = args.export_dir or tempfile.mkdtemp(prefix="ppdet_ghm_bench_export_")
@@ -158,17 +158,17 @@ def main(argv=None):
             res = results.get((case, f"{side}:{mode}"), {})
             label = LABELS[(side, mode)]
             if side == "torch" and res.get("nms_s") is not None:
-                label += f", of which NMS stand-in {common.fmt_ms(res['nms_s'])} ms"
+                label += f", of which NMS stand-in {driver.fmt_ms(res['nms_s'])} ms"
             rows.append(
                 [
                     case,
                     label,
-                    common.fmt_ms(res.get("median_s")),
-                    common.fmt_ratio(res.get("median_s"), ref.get("median_s")),
-                    common.fmt_ms(res.get("median_cpu_s")),
-                    common.fmt_ratio(res.get("median_cpu_s"), ref.get("median_cpu_s")),
-                    common.fmt_mib(res.get("peak_rss_mib")),
-                    common.fmt_ratio(res.get("peak_rss_mib"), ref.get("peak_rss_mib")),
+                    driver.fmt_ms(res.get("median_s")),
+                    driver.fmt_ratio(res.get("median_s"), ref.get("median_s")),
+                    driver.fmt_ms(res.get("median_cpu_s")),
+                    driver.fmt_ratio(res.get("median_cpu_s"), ref.get("median_cpu_s")),
+                    driver.fmt_mib(res.get("peak_rss_mib")),
+                    driver.fmt_ratio(res.get("peak_rss_mib"), ref.get("peak_rss_mib")),
                     str(res.get("detections", "-")),
                 ]
             )
@@ -179,7 +179,7 @@ def main(argv=None):
             f"export (to_static + jit.save): {export['export_s']:.1f} s, "
             f"peak RSS {export['peak_rss_mib']:.0f} MiB"
         )
-    return common.finish(SCRIPT, args, header, rows, results, notes)
+    return driver.finish(SCRIPT, args, header, rows, results, notes)
 
 
 if __name__ == "__main__":

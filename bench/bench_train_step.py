@@ -15,7 +15,7 @@ loss layers) and its share of the iteration.
 import argparse
 import sys
 
-from bench import common, inputs
+from bench import driver, inputs, timing
 
 SCRIPT = "bench_train_step"
 BASE_LR = 0.01
@@ -23,10 +23,10 @@ BASE_BATCH = 16
 
 
 def worker(args):
-    common.set_framework_threads(args.side, args.threads)
+    timing.set_framework_threads(args.side, args.threads)
     batch = inputs.make_batch(args.case)
     lr = BASE_LR * len(batch["images"]) / BASE_BATCH
-    timer = common.SectionTimer()
+    timer = timing.SectionTimer()
     if args.side == "torch":
         from bench import torch_side as side
     else:
@@ -39,7 +39,7 @@ def worker(args):
     def timed():
         losses.append(step())
 
-    res = common.measure(timed, args.warmup, args.repeats, after_warmup=timer.reset)
+    res = timing.measure(timed, args.warmup, args.repeats, after_warmup=timer.reset)
     res["ghm_forward_s"] = timer.total_s / args.repeats
     res["ghm_calls_per_iter"] = timer.calls / args.repeats
     res["losses"] = losses
@@ -58,7 +58,7 @@ def _ghm_cells(case, ref, ours):
 
 
 def main(argv=None):
-    parser = common.base_parser(__doc__.splitlines()[0])
+    parser = driver.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--case", help=argparse.SUPPRESS)  # worker only
     parser.add_argument(
         "--cases", nargs="+", choices=sorted(inputs.CASES), default=["b2_512", "b1_800x1333"]
@@ -69,12 +69,12 @@ def main(argv=None):
 
         args.seed = DEFAULT_SEED
     if args.worker:
-        common.emit_result(worker(args))
+        timing.emit_result(worker(args))
         return 0
-    results = common.drive(SCRIPT, args, args.cases)
-    header = [*common.COMPARISON_HEADER, "mmdet GHM fwd ms (share)", "ours GHM fwd ms (share)"]
-    rows = common.comparison_rows(results, args.cases, extra=_ghm_cells)
-    return common.finish(SCRIPT, args, header, rows, results)
+    results = driver.drive(SCRIPT, args, args.cases)
+    header = [*driver.COMPARISON_HEADER, "mmdet GHM fwd ms (share)", "ours GHM fwd ms (share)"]
+    rows = driver.comparison_rows(results, args.cases, extra=_ghm_cells)
+    return driver.finish(SCRIPT, args, header, rows, results)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ import os
 
 import numpy as np
 
-from bench.common import REPO_DIR, SectionTimer
+from bench.driver import REPO_DIR
+from bench.timing import SectionTimer
 
 CONFIG = os.path.join(REPO_DIR, "configs", "retinanet_ghm_r50_fpn_1x_coco.yml")
 MOMENTUM = 0.9

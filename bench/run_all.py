@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from bench import bench_head_loss, bench_inference, bench_train_step, common
+from bench import bench_head_loss, bench_inference, bench_train_step, driver
 
 SCRIPTS = {
     "train": bench_train_step,
@@ -22,9 +22,9 @@ SCRIPTS = {
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=common.DEFAULT_THREADS)
-    parser.add_argument("--warmup", type=int, default=common.DEFAULT_WARMUP)
-    parser.add_argument("--repeats", type=int, default=common.DEFAULT_REPEATS)
+    parser.add_argument("--threads", type=int, default=driver.DEFAULT_THREADS)
+    parser.add_argument("--warmup", type=int, default=driver.DEFAULT_WARMUP)
+    parser.add_argument("--repeats", type=int, default=driver.DEFAULT_REPEATS)
     parser.add_argument("--rounds", type=int, default=1, help="workers per side, alternating")
     parser.add_argument("--only", nargs="+", choices=sorted(SCRIPTS), default=list(SCRIPTS))
     parser.add_argument("--json-dir", default=None, help="write one JSON file per benchmark here")

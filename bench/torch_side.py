@@ -13,7 +13,7 @@ optimizer config: ``model.loss`` (forward and loss), sum of the loss terms, ``ze
 
 import numpy as np
 
-from bench.common import SectionTimer
+from bench.timing import SectionTimer
 
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
