@@ -61,6 +61,11 @@ def build_parser():
         help="histograms of true and false detection scores of both losses and sides (PNG)",
     )
     mode.add_argument(
+        "--ap",
+        choices=("torch", "paddle"),
+        help="COCO AP of one side's detections of the run (ablation runs have one side only)",
+    )
+    mode.add_argument(
         "--summary",
         action="store_true",
         help="the 2 x 2 over every run compared into --results: AP by loss, side and seed",
@@ -104,6 +109,15 @@ def build_parser():
         help="float64: both models in double precision (the CI prefix: no float32 rounding to "
         "push a GHM sample across a bin edge)",
     )
+    parser.add_argument(
+        "--opt",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="our side only: overrides of align/configs/train_r18_<loss>.yml, for ablations (e.g. "
+        "GHMRetinaHead.loss_bbox=BetaSmoothL1Loss GHMCLoss.momentum=0); name the run with --tag",
+    )
+    parser.add_argument("--tag", default="", help="appended to the run name (ablation runs)")
     parser.add_argument("--print-every", type=int, default=50)
     parser.add_argument("--results", default=None, help="--compare: also copy JSON + PNG here")
     return parser
@@ -496,6 +510,17 @@ def main(argv=None) -> int:
     if args.summary:
         print(format_table_2x2(summary(args.results or RESULTS_DIR)))
         return 0
+    if args.ap:
+        folder = train_data.data_dir_for(args.data_root, data_args(args))
+        ann = os.path.join(folder, "coco", "annotations", "instances_val.json")
+        dets = os.path.join(args.out, f"{run_name(args)}_{args.ap}_dets.json")
+        stats = coco_scores(ann, dets)
+        print(f"{run_name(args)} ({args.ap}): " + ", ".join(
+            f"{k} {100 * stats[k]:.1f}" for k in AP_KEYS
+        ))  # fmt: skip
+        return 0
+    if args.opt and args.side == "torch":
+        raise SystemExit("--opt changes our side only (ablations); the torch side takes none")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.setdefault("MKL_NUM_THREADS", str(args.threads))
     log = run_side(args)

@@ -331,10 +331,12 @@ def run_name(loss: str, optim: str, seed: int, iters: int, kind: str = "shapes")
 
 
 def run_name_of(args) -> str:
-    """:func:`run_name` of parsed step-13 arguments, plus ``_<dtype>`` unless float32: the stem of
-    every file of one run (logs, detections, figures)."""
+    """:func:`run_name` of parsed step-13 arguments, plus ``_<dtype>`` unless float32 and
+    ``_<tag>`` if given: the stem of every file of one run (logs, detections, figures)."""
     name = run_name(args.loss, args.optim, args.seed, args.iters, args.data_kind)
-    return name if args.dtype == "float32" else f"{name}_{args.dtype}"
+    name = name if args.dtype == "float32" else f"{name}_{args.dtype}"
+    tag = getattr(args, "tag", "")
+    return f"{name}_{tag}" if tag else name
 
 
 def detections_to_coco(per_image, image_ids) -> list[dict]:

@@ -38,8 +38,9 @@ CONFIGS = {
 }
 
 
-def build_model(loss: str, dtype: str = "float32"):
-    """Our model of ``loss``; ``float64`` builds it under ``paddle.set_default_dtype``."""
+def build_model(loss: str, dtype: str = "float32", overrides: dict | None = None):
+    """Our model of ``loss`` (config ``overrides`` on top, for ablations); ``float64`` builds it
+    under ``paddle.set_default_dtype``."""
     import paddle
 
     import ppdet_ghm  # noqa: F401  (registers our modules)
@@ -49,7 +50,7 @@ def build_model(loss: str, dtype: str = "float32"):
     default = paddle.get_default_dtype()
     paddle.set_default_dtype(dtype)
     try:
-        return build(CONFIGS[loss])
+        return build(CONFIGS[loss], overrides or None)
     finally:
         paddle.set_default_dtype(default)
 
@@ -124,7 +125,9 @@ def train(args, data: dict, out_dir: str, arrays: dict[str, np.ndarray], mutate=
 
     paddle.seed(args.seed)
     optim = train_data.OPTIMS[args.optim]
-    model = build_model(args.loss, args.dtype)
+    from ppdet_ghm.builder import parse_overrides
+
+    model = build_model(args.loss, args.dtype, parse_overrides(getattr(args, "opt", [])))
     load_weights(model, arrays)
     if mutate is not None:
         optim = mutate(model, optim)
@@ -142,7 +145,6 @@ def train(args, data: dict, out_dir: str, arrays: dict[str, np.ndarray], mutate=
     ]
     order = train_data.batch_order(len(data["train"]["image_ids"]), args.iters, args.seed)
     image_size = data["train"]["images"].shape[-1]
-    is_ghm = args.loss == "ghm"
     log = {k: [] for k in ("loss", "loss_cls", "loss_bbox", "lr", "grad_norm")}
     acc = {"ghmc.acc_sum": [], "ghmr.acc_sum": []}
     params = [p for p in model.parameters() if not p.stop_gradient]
@@ -178,9 +180,9 @@ def train(args, data: dict, out_dir: str, arrays: dict[str, np.ndarray], mutate=
             log["loss_bbox"].append(float(losses["loss_reg"]))
             log["lr"].append(lr)
             log["grad_norm"].append(grad_norm)
-            if is_ghm:
-                acc["ghmc.acc_sum"].append(head.loss_cls.acc_sum.numpy().copy())
-                acc["ghmr.acc_sum"].append(head.loss_bbox.acc_sum.numpy().copy())
+            for key, loss_layer in (("ghmc", head.loss_cls), ("ghmr", head.loss_bbox)):
+                if hasattr(loss_layer, "acc_sum"):  # a GHM loss (ablations mix them)
+                    acc[f"{key}.acc_sum"].append(loss_layer.acc_sum.numpy().copy())
             if args.print_every and (it % args.print_every == 0 or it == args.iters - 1):
                 print(
                     f"[paddle {args.loss}] it {it} loss {float(loss):.5f} "
