@@ -5,6 +5,10 @@ without deleting anything, so a second config would inherit keys of the first (a
 ``gamma`` left under a GHM loss block, a stale backbone option ...). :func:`load_config` therefore
 resets that state before loading, then checks every configured module for keys its constructor
 does not take, naming the file, instead of ppdet's ``TypeError`` deep inside ``create``.
+
+Also here: the command line's ``-c`` / ``-o`` (:func:`add_config_arguments`, :func:`parse_overrides`),
+and :func:`resolved_config`, what a loaded config means whatever its files look like (the configs'
+snapshot test compares it).
 """
 
 import logging
