@@ -11,9 +11,12 @@ epoch, forked from the trainer). Writes into ``--out``:
   RSS grows with the trainer at each new worker although no memory is added; PSS splits shared
   pages between the processes that share them;
 - ``rss.png``: the curves against the iteration;
-- ``summary.json``: the trainer's RSS and the tree's PSS at the end of the warm-up (the first
-  ``--warmup-iters`` iterations: allocator pools, every input shape seen once), their maxima
-  after it, the growth in percent, and pass/fail against ``--max-growth`` (5 %) for both.
+- ``summary.json``: for the trainer's RSS and the tree's PSS after the warm-up (the first
+  ``--warmup-iters`` iterations: allocator pools, every input shape seen once), the maximum over
+  the last 20 % of the iterations against the maximum over the first 20 % (growth in percent),
+  the least-squares slope, and pass/fail against ``--max-growth`` (5 %) for both.
+
+``--summarize`` recomputes summary.json and the PNG from an existing ``rss.csv``.
 
     python -m bench.soak_rss --iters 2000 --out output/soak
 
@@ -30,6 +33,8 @@ import re
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 _ITER_LINE = re.compile(r"Epoch: \[(\d+)\]\s*\[\s*(\d+)/(\d+)\]")
 
@@ -86,32 +91,51 @@ def _last_iteration(log_path: str, steps_per_epoch: int) -> int:
     return 0
 
 
-def _growth(rows: list[dict], key: str) -> dict:
-    base = rows[0][key]
-    peak = max(r[key] for r in rows)
+def _growth(rows: list[dict], key: str, window: float) -> dict:
+    """Growth of ``key`` over ``rows`` (samples after the warm-up): the maximum in the last
+    ``window`` share of the iterations against the maximum in the first one, in percent, and the
+    least-squares slope in MiB per 1000 iterations. Maxima of equal windows compare the same
+    phases (a new loader worker per epoch, allocator pools filling and emptying); a leak raises
+    every later window."""
+    first_it, last_it = rows[0]["iteration"], rows[-1]["iteration"]
+    span = max(last_it - first_it, 1) * window
+    early = [r[key] for r in rows if r["iteration"] <= first_it + span]
+    late = [r[key] for r in rows if r["iteration"] >= last_it - span]
+    its = np.array([r["iteration"] for r in rows], dtype=np.float64)
+    values = np.array([r[key] for r in rows], dtype=np.float64)
+    slope = float(np.polyfit(its, values, 1)[0]) * 1000 if len(rows) > 1 else 0.0
     return {
-        "after_warmup_mib": round(base, 1),
-        "max_after_warmup_mib": round(peak, 1),
-        "end_mib": round(rows[-1][key], 1),
-        "growth_percent": round(100.0 * (peak - base) / base, 2),
+        "max_early_mib": round(max(early), 1),
+        "max_late_mib": round(max(late), 1),
+        "min_mib": round(float(values.min()), 1),
+        "max_mib": round(float(values.max()), 1),
+        "growth_percent": round(100.0 * (max(late) - max(early)) / max(early), 2),
+        "slope_mib_per_1000_it": round(slope, 1),
     }
 
 
-def summarize(rows: list[dict], warmup_iters: int, max_growth: float) -> dict:
-    """Trainer RSS and tree PSS at the end of the warm-up vs their maxima after it (rows as in
-    ``rss.csv``)."""
+def summarize(rows: list[dict], warmup_iters: int, max_growth: float, window: float = 0.2) -> dict:
+    """Trainer RSS and tree PSS after the warm-up: early vs late window maxima (:func:`_growth`);
+    rows as in ``rss.csv``."""
     after = [r for r in rows if r["iteration"] >= warmup_iters]
-    if not after:
-        raise ValueError(f"no sample after the warm-up ({warmup_iters} iterations)")
-    trainer, total = _growth(after, "trainer_mib"), _growth(after, "total_mib")
+    if len(after) < 2:
+        raise ValueError(f"fewer than 2 samples after the warm-up ({warmup_iters} iterations)")
+    trainer, total = _growth(after, "trainer_mib", window), _growth(after, "total_mib", window)
     return {
         "warmup_iters": warmup_iters,
+        "window": window,
         "last_iteration": after[-1]["iteration"],
         "trainer_rss": trainer,
         "total_pss": total,
         "max_growth_percent": max_growth,
         "passed": max(trainer["growth_percent"], total["growth_percent"]) <= max_growth,
     }
+
+
+def read_rows(path: str) -> list[dict]:
+    """The samples of a ``rss.csv``."""
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def plot(rows: list[dict], path: str, summary: dict):
@@ -151,7 +175,13 @@ def main(argv=None) -> int:
     parser.add_argument("--max-growth", type=float, default=5.0, help="percent")
     parser.add_argument("--out", default="output/soak")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--summarize", action="store_true", help="only summarise <out>/rss.csv (no training)"
+    )
     args = parser.parse_args(argv)
+    if args.summarize:
+        rows = read_rows(os.path.join(args.out, "rss.csv"))
+        return _write_summary(args, rows, {"samples": len(rows)})
 
     epochs = -(-args.iters // args.steps_per_epoch)
     os.makedirs(args.out, exist_ok=True)
@@ -193,8 +223,12 @@ def main(argv=None) -> int:
     if proc.returncode != 0:
         print(f"training failed (exit {proc.returncode}); see {log.name}", file=sys.stderr)
         return 1
-    summary = summarize(rows, args.warmup_iters, args.max_growth)
-    summary.update(command=" ".join(cmd), wall_s=round(time.time() - start, 1), samples=len(rows))
+    extra = {"command": " ".join(cmd), "wall_s": round(time.time() - start, 1)}
+    return _write_summary(args, rows, {**extra, "samples": len(rows)})
+
+
+def _write_summary(args, rows: list[dict], extra: dict) -> int:
+    summary = {**summarize(rows, args.warmup_iters, args.max_growth), **extra}
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     plot(rows, os.path.join(args.out, "rss.png"), summary)
