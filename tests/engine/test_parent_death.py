@@ -61,20 +61,27 @@ def _command_env():
     return env
 
 
-def _kill_when_training(proc, log: Path, first_line: str, min_processes: int) -> list[int]:
-    """Wait for ``first_line`` in ``log`` and ``min_processes`` processes under ``proc``; SIGKILL
-    ``proc``; return the pids that were under it."""
-    deadline = time.monotonic() + 180
-    while True:
-        assert proc.poll() is None, f"exited early ({proc.returncode})"
-        assert time.monotonic() < deadline, "no first iteration in time"
-        if log.is_file() and first_line in log.read_text(errors="replace"):
-            tree = _descendants(proc.pid)
-            if len(tree) >= min_processes:
-                break
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
+def _kill_9_when_training(command, log: Path, first_line: str, min_processes: int) -> list[int]:
+    """Start ``command``; once ``first_line`` is in ``log`` and ``min_processes`` processes run
+    under it, SIGKILL it; return the pids that were under it."""
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=_command_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, f"exited early ({proc.returncode})"
+            assert time.monotonic() < deadline, "no first iteration in time"
+            if log.is_file() and first_line in log.read_text(errors="replace"):
+                tree = _descendants(proc.pid)
+                if len(tree) >= min_processes:
+                    break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     return tree
 
 
@@ -104,14 +111,7 @@ def test_kill_9_of_the_trainer_leaves_no_dataloader_worker(tiny):
     out = root / "out"
     command = [sys.executable, "-m", "ppdet_ghm", "train", "-c", str(root / "tiny.yml")]
     command += ["--output_dir", str(out), "--threads", "1", "-o", *overrides]
-    proc = subprocess.Popen(
-        command, cwd=REPO, env=_command_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        workers = _kill_when_training(proc, out / "train.log", "Epoch: [0] [0/4]", 2)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    workers = _kill_9_when_training(command, out / "train.log", "Epoch: [0] [0/4]", 2)
     assert _wait_gone(workers) == [], f"DataLoader workers outlived the trainer: {workers}"
 
 
@@ -122,15 +122,8 @@ def test_kill_9_of_the_launcher_stops_every_rank_and_its_workers(tiny):
     command += ["--log_dir", str(log_dir), str(REPO / "scripts" / "main.py")]
     command += ["train", "-c", str(root / "tiny.yml"), "--output_dir", str(out)]
     command += ["--threads", "1", "-o", *overrides]
-    proc = subprocess.Popen(
-        command, cwd=REPO, env=_command_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        # 2 ranks, each with 2 workers
-        tree = _kill_when_training(proc, log_dir / "workerlog.0", "Epoch: [0] [0/2]", 6)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # 2 ranks, each with 2 workers
+    tree = _kill_9_when_training(command, log_dir / "workerlog.0", "Epoch: [0] [0/2]", 6)
     assert _wait_gone(tree) == [], f"processes outlived the launcher: {tree}"
     for rank in range(2):  # SIGTERM from the parent-death signal: the interrupt path ran
         log = (log_dir / f"workerlog.{rank}").read_text(errors="replace")
