@@ -55,22 +55,6 @@ def build_model(loss: str, dtype: str = "float32", overrides: dict | None = None
         paddle.set_default_dtype(default)
 
 
-def load_weights(model, arrays: dict[str, np.ndarray]):
-    """Convert mmdet-named ``arrays`` with our converter and load them strictly."""
-    from ppdet_ghm.convert import convert_state_dict
-
-    own = model.state_dict()
-    converted = convert_state_dict(arrays, {k: v.shape for k, v in own.items()})
-    dtypes = {k: str(v.numpy().dtype) for k, v in own.items()}  # float64 models
-    converted = {k: v.astype(dtypes[k]) for k, v in converted.items()}
-    missing, unexpected = model.set_state_dict(converted)
-    if missing or unexpected:
-        raise ValueError(f"set_state_dict: missing {missing}, unexpected {unexpected}")
-    for key, value in model.state_dict().items():
-        if not np.array_equal(value.numpy(), converted[key]):
-            raise ValueError(f"{key} did not load the converted value")
-
-
 def build_optimizer(model, optim: train_data.OptimSettings):
     import paddle
 
@@ -125,10 +109,11 @@ def train(args, data: dict, out_dir: str, arrays: dict[str, np.ndarray], mutate=
 
     paddle.seed(args.seed)
     optim = train_data.OPTIMS[args.optim]
+    from align.paddle_ref import load_converted_weights
     from ppdet_ghm.builder import parse_overrides
 
     model = build_model(args.loss, args.dtype, parse_overrides(getattr(args, "opt", [])))
-    load_weights(model, arrays)
+    load_converted_weights(model, arrays)  # mmdet's init, through our converter
     if mutate is not None:
         optim = mutate(model, optim)
     model.train()
