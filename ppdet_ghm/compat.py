@@ -21,6 +21,11 @@ legacy static branch of        ``paddle._C_ops.multiclass_nms3`` in both modes
 Paddle 3.3.1 oneDNN predictor  our FPN exports its upsampling without ``nearest_interp``
 cannot run ``nearest_interp``  (``modeling.layers.upsample_nearest``); :func:`inference_config`
                                disables oneDNN for older exports that contain the op
+paddle2onnx 2.1.0 has no       ``Trainer.export`` traces ``scalar - x``, ``scalar / x``, ... with
+converter for                  the scalar as ``full_like(x)`` (:func:`onnx_convertible_scalars`):
+``full_batch_size_like``,      same numbers, an op that converts
+what PIR writes for a scalar
+on the left of an operator
 =============================  =================================================================
 """
 
@@ -119,6 +124,50 @@ def _fix_export_full_graph():
     Trainer._get_infer_cfg_and_input_spec = traced_with_full_graph
 
 
+def _scalar_like(ref_var, value, dtype):
+    """The scalar operand of ``value - ref_var`` (``/``, ``**``, ...) as a tensor of ``ref_var``'s
+    shape, through ``full_like`` (PIR writes ``full_batch_size_like``, whose shape broadcasts the
+    same way)."""
+    import paddle
+
+    out = paddle.full_like(ref_var, float(value), dtype=dtype)
+    out.stop_gradient = True
+    return out
+
+
+@contextlib.contextmanager
+def onnx_convertible_scalars():
+    """Within the block, a traced ``scalar <op> tensor`` with a dynamic dimension (e.g.
+    ``1.0 / scale_factor`` [N, 2]) gets its scalar from ``full_like`` instead of
+    ``full_batch_size_like``, which paddle2onnx 2.1.0 cannot convert ("Due to the unsupported
+    operators, the conversion is aborted"). The elementwise result is the same: both hold the
+    scalar in every element the operator reads."""
+    from paddle.pir import math_op_patch
+
+    original = math_op_patch.create_tensor_with_batchsize
+    math_op_patch.create_tensor_with_batchsize = _scalar_like
+    try:
+        yield
+    finally:
+        math_op_patch.create_tensor_with_batchsize = original
+
+
+def _fix_export_onnx_convertible():
+    from ppdet.engine.trainer import Trainer
+
+    method = Trainer.export
+    if getattr(method, _APPLIED_FLAG, False):
+        return
+
+    @functools.wraps(method)
+    def export_with_convertible_scalars(self, *args, **kwargs):
+        with onnx_convertible_scalars():
+            return method(self, *args, **kwargs)
+
+    setattr(export_with_convertible_scalars, _APPLIED_FLAG, True)
+    Trainer.export = export_with_convertible_scalars
+
+
 def multiclass_nms(
     bboxes,
     scores,
@@ -212,4 +261,5 @@ def apply():
     _fix_numpy_int_of_arrays()
     _fix_pillow_textsize()
     _fix_export_full_graph()
+    _fix_export_onnx_convertible()
     _fix_multiclass_nms()

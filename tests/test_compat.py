@@ -156,3 +156,42 @@ def test_ppdet_logs_reach_stdout_after_the_quiet_import():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "hello from ppdet" in done.stdout + done.stderr
+
+
+class _ScalarOnTheLeft(paddle.nn.Layer):
+    """``1.0 / x`` and ``2.0 - x`` on a [N, 2] input, as the post-processing's
+    ``1.0 / scale_factor``."""
+
+    def forward(self, x):
+        return 1.0 / x + (2.0 - x)
+
+
+def _traced_op_names(layer, spec):
+    static = paddle.jit.to_static(layer, input_spec=spec, full_graph=True)
+    program = static.forward.concrete_program.main_program
+    return {op.name() for op in program.global_block().ops}, static
+
+
+def test_scalar_on_the_left_traces_without_full_batch_size_like():
+    # paddle2onnx 2.1.0 has no converter for full_batch_size_like, what PIR writes for the scalar
+    # of `1.0 / x` when x has a dynamic dimension; within the fix it is full_like.
+    spec = [paddle.static.InputSpec([None, 2], "float32", "x")]
+    plain, _ = _traced_op_names(_ScalarOnTheLeft(), spec)
+    assert "pd_op.full_batch_size_like" in plain  # what the fix is for
+    with compat.onnx_convertible_scalars():
+        fixed, static = _traced_op_names(_ScalarOnTheLeft(), spec)
+    assert "pd_op.full_batch_size_like" not in fixed
+    assert "pd_op.full_like" in fixed
+    x = np.array([[0.5, 3.0], [7.0, 1e-3], [2.0, 4.0]], dtype=np.float32)
+    expected = np.float32(1.0) / x + (np.float32(2.0) - x)
+    np.testing.assert_array_equal(static(paddle.to_tensor(x)).numpy(), expected)
+
+
+def test_trainer_export_traces_with_onnx_convertible_scalars():
+    assert getattr(Trainer.export, "_ppdet_ghm_compat", False)
+    from paddle.pir import math_op_patch
+
+    original = math_op_patch.create_tensor_with_batchsize
+    with compat.onnx_convertible_scalars():
+        assert math_op_patch.create_tensor_with_batchsize is compat._scalar_like
+    assert math_op_patch.create_tensor_with_batchsize is original
