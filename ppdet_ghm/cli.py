@@ -9,7 +9,9 @@ with dotted keys and YAML values as ppdet's ``tools/*.py``, ``--eval``, ``-r/--r
     ppdet-ghm eval   --json bbox.json --gt instances_val.json          # no model: COCO eval only
     ppdet-ghm infer  -c configs/demo.yml --weights W --infer_dir imgs/ [--draw_threshold 0.5]
     ppdet-ghm infer  --model_dir output/demo/export --infer_img a.jpg  # exported model, predictor
-    ppdet-ghm export -c configs/demo.yml --weights W [--output_dir D]
+    ppdet-ghm infer  --onnx output/demo/export/model.onnx --infer_dir imgs/  # ONNX Runtime (CPU)
+    ppdet-ghm eval   --model_dir D | --onnx D/model.onnx  -c CONFIG | --gt GT.json --image_dir DIR
+    ppdet-ghm export -c configs/demo.yml --weights W [--output_dir D] [--onnx]
     ppdet-ghm convert SRC.pth DST.pdparams [...]                       # ppdet_ghm.convert
     ppdet-ghm check-weights UNTRUSTED.pdparams [CLEAN.pdparams]        # no code executed
     ppdet-ghm make-demo-data [--out demo_data] [--seed 0] [--kind shapes|marks]
@@ -69,6 +71,19 @@ def _add_image_args(parser: argparse.ArgumentParser):
     )
 
 
+def _add_exported_model_args(parser: argparse.ArgumentParser):
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--model_dir", default=None, help="exported model folder (Paddle Python predictor)"
+    )
+    group.add_argument(
+        "--onnx",
+        default=None,
+        metavar="MODEL_ONNX",
+        help="model.onnx of `export --onnx`, run by ONNX Runtime on the CPU",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ppdet-ghm",
@@ -106,7 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, required=False)
     _add_weights_arg(p)
     p.add_argument("--json", default=None, help="detections JSON to evaluate (no model)")
-    p.add_argument("--gt", default=None, help="ground-truth COCO JSON for --json")
+    p.add_argument(
+        "--gt", default=None, help="ground-truth COCO JSON for --json, --model_dir or --onnx"
+    )
+    _add_exported_model_args(p)
+    p.add_argument(
+        "--image_dir",
+        default=None,
+        help="with --gt and --model_dir/--onnx: the folder of the images --gt names",
+    )
     p.add_argument("--progress", action="store_true", help="progress bar")
     p.add_argument(
         "--bad_image",
@@ -119,12 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="detect objects, draw them and write a detections JSON")
     _add_config_args(p, required=False)
     _add_weights_arg(p)
-    p.add_argument("--model_dir", default=None, help="exported model folder (Python predictor)")
+    _add_exported_model_args(p)
     _add_image_args(p)
 
-    p = sub.add_parser("export", help="export a Paddle inference model")
+    p = sub.add_parser("export", help="export a Paddle inference model (and ONNX with --onnx)")
     _add_config_args(p)
     _add_weights_arg(p)
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write model.onnx beside it (paddle2onnx, opset 17, NMS in the graph; needs "
+        "pip install 'ppdet-ghm[onnx]')",
+    )
 
     from ppdet_ghm.convert import cli as convert_cli
     from ppdet_ghm.engine import safe_load
@@ -225,6 +254,10 @@ def _cmd_eval(args) -> int:
     from ppdet_ghm.engine import tasks
     from ppdet_ghm.engine.coco_eval import evaluate_detections
 
+    if args.model_dir or args.onnx:
+        return _eval_exported(args)
+    if args.image_dir:
+        raise _UsageError("eval --image_dir goes with --model_dir or --onnx")
     if args.json or args.gt:
         if not (args.json and args.gt):
             raise _UsageError("eval --json needs --gt (and --gt needs --json)")
@@ -252,26 +285,78 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _exported_detector(args):
+    """The Paddle predictor of ``--model_dir`` or ONNX Runtime on ``--onnx``."""
+    if args.onnx:
+        from ppdet_ghm.engine.onnx_predictor import OnnxDetector
+
+        return OnnxDetector(args.onnx, threads=args.threads)
+    from ppdet_ghm.engine.predictor import ExportedDetector
+
+    return ExportedDetector(args.model_dir, threads=args.threads)
+
+
+def _eval_exported(args) -> int:
+    from ppdet_ghm.engine import tasks
+
+    if args.json or args.weights:
+        raise _UsageError("eval: give --model_dir/--onnx without --json or --weights")
+    ground_truth, image_dir = tasks.coco_eval_set(
+        args.config,
+        ground_truth=args.gt,
+        image_dir=args.image_dir,
+        overrides=parse_overrides(args.opt),
+    )
+    model_path = args.onnx or args.model_dir
+    output_dir = args.output_dir or os.path.join(
+        os.path.dirname(os.path.abspath(model_path)) if args.onnx else model_path,
+        "eval_onnx" if args.onnx else "eval",
+    )
+    results = tasks.evaluate_exported(
+        _exported_detector(args),
+        ground_truth,
+        image_dir,
+        output_dir=output_dir,
+        bad_image=args.bad_image,
+        progress=args.progress,
+    )
+    _print_results(results, output_dir)
+    return 0
+
+
 def _cmd_infer(args) -> int:
     from ppdet_ghm.engine import tasks
 
     images, unreadable = tasks.readable_images(
         tasks.find_images(args.infer_img or args.infer_dir), args.bad_image
     )
-    if args.model_dir:
+    if args.model_dir or args.onnx:
+        flag = "--onnx" if args.onnx else "--model_dir"
         if args.config or args.weights:
-            raise _UsageError("infer: give either --model_dir or -c CONFIG/--weights, not both")
-        output_dir = args.output_dir or os.path.join(args.model_dir, "infer")
-        records = tasks.predict_exported(
-            args.model_dir,
-            images,
-            output_dir=output_dir,
-            draw_threshold=args.draw_threshold,
-            threads=args.threads,
-        )
+            raise _UsageError(f"infer: give either {flag} or -c CONFIG/--weights, not both")
+        if args.onnx:
+            output_dir = args.output_dir or os.path.join(
+                os.path.dirname(os.path.abspath(args.onnx)), "infer_onnx"
+            )
+            records = tasks.predict_onnx(
+                args.onnx,
+                images,
+                output_dir=output_dir,
+                draw_threshold=args.draw_threshold,
+                threads=args.threads,
+            )
+        else:
+            output_dir = args.output_dir or os.path.join(args.model_dir, "infer")
+            records = tasks.predict_exported(
+                args.model_dir,
+                images,
+                output_dir=output_dir,
+                draw_threshold=args.draw_threshold,
+                threads=args.threads,
+            )
     else:
         if not args.config:
-            raise _UsageError("infer needs -c CONFIG (with --weights) or --model_dir")
+            raise _UsageError("infer needs -c CONFIG (with --weights), --model_dir or --onnx")
         from ppdet_ghm.builder import load_config
 
         output_dir = args.output_dir or tasks.default_output_dir(load_config(args.config), "infer")
@@ -301,8 +386,12 @@ def _cmd_export(args) -> int:
         weights=args.weights,
         overrides=parse_overrides(args.opt),
         output_dir=args.output_dir,
+        onnx=args.onnx,
     )
-    print(f"inference model: {out}")
+    print(
+        f"inference model: {out}"
+        + (f" (and {os.path.join(out, 'model.onnx')})" if args.onnx else "")
+    )
     return 0
 
 

@@ -4,8 +4,8 @@ The command line (:mod:`ppdet_ghm.cli`) and the demo call these; each loads the 
 :func:`ppdet_ghm.builder.load_config` (fresh global config, unknown keys rejected), picks the
 device, and drives :class:`~ppdet_ghm.engine.trainer.GHMTrainer`.
 
-Detections JSON written by :func:`infer` and :func:`predict_exported` (``detections.json``): a
-list of ``{"file_name", "image_id", "category_id", "category_name", "class_index", "bbox": [x,
+Detections JSON written by :func:`infer`, :func:`predict_exported` and :func:`predict_onnx`
+(``detections.json``): a list of ``{"file_name", "image_id", "category_id", "category_name", "class_index", "bbox": [x,
 y, w, h], "score"}``, every detection the model returns (score >= the config's ``score_thr``).
 """
 
@@ -39,7 +39,9 @@ __all__ = [
     "export",
     "find_images",
     "infer",
+    "evaluate_exported",
     "predict_exported",
+    "predict_onnx",
     "setup_runtime",
     "train",
 ]
@@ -388,12 +390,20 @@ def export(
     weights: str | None = None,
     overrides: dict | None = None,
     output_dir: str | None = None,
+    onnx: bool = False,
 ) -> str:
     """Export the model as a Paddle inference model into ``output_dir`` (``model.json`` or
     ``.pdmodel``, ``model.pdiparams``, ``infer_cfg.yml``); returns ``output_dir``.
 
     ``infer_cfg.yml`` is ppdet's, plus ``category_ids`` (the dataset category id of each entry
-    of ``label_list``), which the predictor puts in its detections JSON."""
+    of ``label_list``), which the predictor puts in its detections JSON. With ``onnx``, also
+    ``model.onnx`` converted from that model (:func:`ppdet_ghm.engine.onnx_export.convert_export`;
+    needs the ``onnx`` extra, checked before anything is written)."""
+    if onnx:
+        from ppdet_ghm.engine import onnx_export
+
+        for module in ("paddle2onnx", "onnx"):
+            onnx_export.require(module)
     cfg = load_config(config, overrides)
     weights = _weights_of(cfg, weights)
     output_dir = os.path.normpath(output_dir or default_output_dir(cfg, "export"))
@@ -410,10 +420,26 @@ def export(
     with open(cfg_path) as f:
         infer_cfg = yaml.safe_load(f)
     infer_cfg["category_ids"] = [int(clsid2catid[i]) for i in range(len(clsid2catid))]
-    with open(cfg_path, "w") as f:
+    with atomic_file(cfg_path) as tmp, open(tmp, "w") as f:
         yaml.safe_dump(infer_cfg, f, sort_keys=False)
     logger.info("exported %s (weights %s) to %s", config, weights, output_dir)
+    stale = os.path.join(output_dir, "model.onnx")
+    if onnx:
+        from ppdet_ghm.engine.onnx_export import convert_export
+
+        convert_export(output_dir)
+    elif os.path.exists(stale):  # converted from the weights this export replaced
+        os.remove(stale)
+        logger.info("removed %s, converted from the previous export (re-export with --onnx)", stale)
     return output_dir
+
+
+def _predict_with(detector, images, output_dir, draw_threshold, draw) -> list[dict]:
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    per_image = [(path, detector.predict(path)) for path in images]
+    return _write_detections(
+        per_image, detector.label_list, detector.category_ids, output_dir, draw_threshold, draw
+    )
 
 
 def predict_exported(
@@ -432,9 +458,126 @@ def predict_exported(
     is False)."""
     from ppdet_ghm.engine.predictor import ExportedDetector
 
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
     detector = ExportedDetector(model_dir, threads=threads, use_gpu=use_gpu, use_onednn=use_onednn)
-    per_image = [(path, detector.predict(path)) for path in images]
-    return _write_detections(
-        per_image, detector.label_list, detector.category_ids, output_dir, draw_threshold, draw
-    )
+    return _predict_with(detector, images, output_dir, draw_threshold, draw)
+
+
+def predict_onnx(
+    onnx_path: str,
+    images: list[str],
+    *,
+    output_dir: str,
+    draw_threshold: float = 0.5,
+    draw: bool = True,
+    threads: int | None = None,
+) -> list[dict]:
+    """:func:`infer` with a ``model.onnx`` of ``export --onnx`` on ONNX Runtime's CPU provider
+    (:class:`~ppdet_ghm.engine.onnx_predictor.OnnxDetector`): the same drawn images and
+    ``detections.json`` as :func:`predict_exported`."""
+    from ppdet_ghm.engine.onnx_predictor import OnnxDetector
+
+    detector = OnnxDetector(onnx_path, threads=threads)
+    return _predict_with(detector, images, output_dir, draw_threshold, draw)
+
+
+def coco_eval_set(
+    config: str | None = None,
+    *,
+    ground_truth: str | None = None,
+    image_dir: str | None = None,
+    overrides: dict | None = None,
+) -> tuple[str, str]:
+    """``(ground-truth COCO JSON, image folder)`` of a COCO-format set: the config's
+    ``EvalDataset``, or ``ground_truth`` with ``image_dir``.
+
+    Raises:
+        ValueError: neither or both given, or an EvalDataset that is not COCO.
+        FileNotFoundError: the ground truth or the image folder does not exist.
+    """
+    if (config is None) == (ground_truth is None):
+        raise ValueError("give the set either as a config (its EvalDataset) or as --gt/--image_dir")
+    if config is not None:
+        from ppdet.data.source.coco import COCODataSet
+
+        cfg = load_config(config, overrides)
+        dataset = cfg["EvalDataset"]
+        if not isinstance(dataset, COCODataSet):
+            raise ValueError(f"{config}: EvalDataset is {type(dataset).__name__}, not COCODataSet")
+        ground_truth = dataset.get_anno()
+        image_dir = os.path.join(dataset.dataset_dir or "", dataset.image_dir or "")
+    elif image_dir is None:
+        raise ValueError("--gt needs --image_dir (the folder of the images it names)")
+    if not os.path.isfile(ground_truth):
+        raise FileNotFoundError(f"ground truth {ground_truth} not found")
+    if not os.path.isdir(image_dir):
+        raise FileNotFoundError(f"image folder {image_dir} not found")
+    return ground_truth, image_dir
+
+
+def evaluate_exported(
+    detector,
+    ground_truth: str,
+    image_dir: str,
+    *,
+    output_dir: str,
+    bad_image: str = "error",
+    progress: bool = False,
+) -> CocoBoxResults:
+    """COCO-evaluate an exported model on a COCO-format set, image by image.
+
+    Args:
+        detector: an :class:`~ppdet_ghm.engine.predictor.ExportedDetector` or
+            :class:`~ppdet_ghm.engine.onnx_predictor.OnnxDetector` (``predict``,
+            ``category_ids``).
+        ground_truth: COCO instances JSON; ``file_name`` of each image is under ``image_dir``.
+        bad_image: an unreadable image stops the run naming it (``"error"``) or is left out of
+            the detections and the ground truth (``"skip"``, listed in ``metrics.json``).
+
+    Writes ``bbox.json`` (COCO results, the ground truth's image ids) and ``metrics.json`` to
+    ``output_dir``; returns the results.
+    """
+    from tqdm import tqdm
+
+    with open(ground_truth) as f:
+        coco = json.load(f)
+    paths = {img["id"]: os.path.join(image_dir, img["file_name"]) for img in coco["images"]}
+    good, bad = readable_images(list(paths.values()), bad_image, progress=progress)
+    good = set(good)
+    gt_path = ground_truth
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    if bad:
+        coco["images"] = [img for img in coco["images"] if paths[img["id"]] in good]
+        kept = {img["id"] for img in coco["images"]}
+        coco["annotations"] = [a for a in coco.get("annotations", []) if a["image_id"] in kept]
+        gt_path = os.path.join(output_dir, "ground_truth.readable.json")
+        with atomic_file(gt_path) as tmp, open(tmp, "w") as f:
+            json.dump(coco, f)
+    records = []
+    items = [(i, p) for i, p in paths.items() if p in good]
+    for image_id, path in tqdm(items, desc="eval", disable=not progress):
+        for cls, score, x1, y1, x2, y2 in detector.predict(path).astype(np.float64):
+            records.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(detector.category_ids[int(cls)]),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": float(score),
+                }
+            )
+    dets_path = os.path.join(output_dir, "bbox.json")
+    with atomic_file(dets_path) as tmp, open(tmp, "w") as f:
+        json.dump(records, f)
+    results = evaluate_detections(records, gt_path)
+    with atomic_file(os.path.join(output_dir, "metrics.json")) as tmp, open(tmp, "w") as f:
+        json.dump(
+            {
+                "model": getattr(detector, "path", None) or type(detector).__name__,
+                "ground_truth": ground_truth,
+                "skipped_images": bad,
+                **results.to_dict(),
+            },
+            f,
+            indent=1,
+        )
+    logger.info("bbox AP %.4f (detections %s)", results.stats["AP"], dets_path)
+    return results
