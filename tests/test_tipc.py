@@ -192,3 +192,83 @@ def test_common_func_parsers(snippet, expected):
         check=True,
     )
     assert result.stdout.rstrip("\n") == expected
+
+
+# ------------------------------------------------------------------ paddle2onnx chain
+
+P2O_TXT = (
+    "test_tipc/configs/retinanet_ghm/model_linux_gpu_normal_normal_paddle2onnx_python_linux_cpu.txt"
+)
+
+
+@pytest.fixture(scope="module")
+def paddle2onnx_chain(lite_chain):
+    """The paddle2onnx chain on the weights the lite chain trained (same output folder)."""
+    out, _, chain = lite_chain
+    assert chain.returncode == 0, chain.stdout[-3000:] + chain.stderr[-3000:]
+    done = _bash("test_tipc/test_paddle2onnx.sh", P2O_TXT, env=_env(out))
+    return out, done
+
+
+@pytest.mark.slow
+def test_paddle2onnx_chain_exports_converts_and_runs_onnx_runtime(paddle2onnx_chain):
+    out, done = paddle2onnx_chain
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    lines = (out / "results_paddle2onnx.log").read_text().splitlines()
+    assert [line.startswith(SUCCESS) for line in lines] == [True, True, True], lines
+    export, convert, infer = (line.split(" - ")[2] for line in lines)
+    assert " export " in export and "norm_train_gpus_-1/retinanet_ghm/model_final" in export
+    assert "test_tipc.onnx_convert" in convert and "--opset_version=17" in convert
+    assert "test_tipc.onnx_infer" in infer and "--onnx_file=" in infer
+    model_dir = out / "paddle2onnx" / "retinanet_ghm"
+    assert (model_dir / "model.onnx").is_file() and (model_dir / "model.json").is_file()
+
+    # ONNX Runtime against the Paddle predictor of the train chain (same weights): the same
+    # images, the same best score per image (the lite model's scores sit near the prior)
+    onnx_dets = json.loads((model_dir / "infer_onnx" / "detections.json").read_text())
+    paddle_dets = json.loads(
+        (out / "norm_train_gpus_-1" / "retinanet_ghm" / "infer" / "detections.json").read_text()
+    )
+    names = {d["file_name"] for d in paddle_dets}
+    assert {d["file_name"] for d in onnx_dets} == names and len(names) == 2
+    for name in names:
+        best_onnx = max(d["score"] for d in onnx_dets if d["file_name"] == name)
+        best_paddle = max(d["score"] for d in paddle_dets if d["file_name"] == name)
+        assert abs(best_onnx - best_paddle) <= 1e-4, (name, best_onnx, best_paddle)
+    log = (out / "paddle2onnx_infer_cpu.log").read_text()
+    assert "2 image(s)" in log
+
+
+def test_paddle2onnx_chain_stops_after_a_failed_conversion(tmp_path):
+    """Export succeeds (stand-in), the conversion fails: logged, no inference, exit status 1."""
+    txt = tmp_path / "p2o.txt"
+    text = (REPO / P2O_TXT).read_text()
+    export = next(line for line in text.splitlines() if line.startswith("norm_export:"))
+    text = text.replace(export, "norm_export:-c 'import sys; sys.exit(0)'")
+    text = text.replace(
+        "cmd:python -m test_tipc.onnx_convert", "cmd:python -c 'import sys; sys.exit(5)'"
+    )
+    txt.write_text(text)
+    out = tmp_path / "out"
+    done = _bash("test_tipc/test_paddle2onnx.sh", str(txt), env=_env(out))
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = (out / "results_paddle2onnx.log").read_text().splitlines()
+    assert [line.startswith(SUCCESS) for line in lines] == [True, False], lines
+    assert "sys.exit(5)" in lines[1]
+
+
+def test_paddle2onnx_chain_refuses_a_shifted_txt(tmp_path):
+    txt = tmp_path / "shifted.txt"
+    text = (REPO / P2O_TXT).read_text()
+    txt.write_text(text.replace("infer_quant:False\n", ""))
+    done = _bash("test_tipc/test_paddle2onnx.sh", str(txt), env=_env(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "line 17" in done.stderr and "cmd:" in done.stderr
+
+
+def test_onnx_convert_refuses_another_opset(capsys):
+    from test_tipc import onnx_convert
+
+    status = onnx_convert.main(["--model_dir", "/nonexistent", "--opset_version", "11"])
+    assert status == 2
+    assert "--opset_version=11 is not supported" in capsys.readouterr().err
