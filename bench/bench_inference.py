@@ -12,12 +12,17 @@ Our variants (``--modes``):
   ``full_graph=True`` + ``paddle.jit.save``), run by ``paddle.inference`` with
   ``ppdet_ghm.compat.inference_config`` (oneDNN on, as ``ppdet-ghm infer --model_dir``) and
   ``set_cpu_math_library_num_threads``;
-- ``predictor-plain``: the same exported model with oneDNN off (Paddle's plain CPU kernels).
+- ``predictor-plain``: the same exported model with oneDNN off (Paddle's plain CPU kernels);
+- ``onnx``: the same exported model converted as ``ppdet-ghm export --onnx`` does
+  (``ppdet_ghm.engine.onnx_export``: paddle2onnx 2.1.0, opset 17, NMS in the graph), run by ONNX
+  Runtime's CPU provider through ``ppdet_ghm.engine.onnx_predictor.OnnxDetector`` with ``threads``
+  intra-op threads (batch-1 cases only).
 
 The predictors' timings include copying the inputs in and the detections out.
 
     python -m bench.bench_inference                      # 800x1333, 2 threads
     python -m bench.bench_inference --cases b1_512 --repeats 3
+    python -m bench.bench_inference --modes predictor onnx   # mmdet eager, predictor, ONNX Runtime
 """
 
 import argparse
@@ -30,13 +35,14 @@ import time
 from bench import driver, inputs, timing
 
 SCRIPT = "bench_inference"
-OUR_MODES = ("eager", "predictor", "predictor-plain")
-MODES = ("eager", "export", "predictor", "predictor-plain")
+OUR_MODES = ("eager", "predictor", "predictor-plain", "onnx")
+MODES = ("eager", "export", "predictor", "predictor-plain", "onnx")
 LABELS = {
     ("torch", "eager"): "mmdet eager (torch)",
     ("paddle", "eager"): "ours dygraph",
     ("paddle", "predictor"): "ours exported predictor (oneDNN)",
     ("paddle", "predictor-plain"): "ours exported predictor, oneDNN off",
+    ("paddle", "onnx"): "ours ONNX Runtime (export --onnx, CPU provider)",
 }
 
 
@@ -50,15 +56,19 @@ def worker(args):
         model = side.build(args.seed)
         start = time.perf_counter()
         side.export(model, args.export_dir)
-        return {
-            "export_s": time.perf_counter() - start,
-            "peak_rss_mib": timing.process_peak_rss_mib(),
-        }
+        result = {"export_s": time.perf_counter() - start}
+        if args.with_onnx:
+            start = time.perf_counter()
+            side.convert_onnx(args.export_dir)
+            result["onnx_convert_s"] = time.perf_counter() - start
+        return {**result, "peak_rss_mib": timing.process_peak_rss_mib()}
     batch = inputs.make_batch(args.case)
     if args.mode.startswith("predictor"):
         step = side.predictor_step(
             args.export_dir, batch, args.threads, onednn=args.mode == "predictor"
         )
+    elif args.mode == "onnx":
+        step = side.onnx_step(args.export_dir, batch, args.threads)
     else:
         step = side.infer_step(side.build(args.seed), batch)
     nms_timer = timing.SectionTimer()
@@ -80,7 +90,7 @@ def _measurements(args):
     """(key, side, mode) of every worker to run in one round, in order."""
     plan = []
     if "paddle" in args.sides:
-        if any(mode.startswith("predictor") for mode in args.modes):
+        if any(mode.startswith("predictor") or mode == "onnx" for mode in args.modes):
             plan.append(("export", "paddle", "export"))
     for case in args.cases:
         if "torch" in args.sides:
@@ -102,6 +112,8 @@ def _run(args, export_dir):
             worker_args += ["--repeats", args.repeats]
             if mode != "export":
                 worker_args += ["--case", key]
+            elif "onnx" in args.modes:
+                worker_args += ["--with-onnx"]
             tag = f"[{SCRIPT}] {key} / {side} {mode} round {round_index + 1}/{args.rounds}"
             res = driver.run_worker_logged(SCRIPT, tag, worker_args, args.threads)
             rounds.setdefault((key, f"{side}:{mode}"), []).append(res)
@@ -113,6 +125,7 @@ def main(argv=None):
     parser.add_argument("--case", help=argparse.SUPPRESS)  # worker only
     parser.add_argument("--mode", choices=MODES, default="eager", help=argparse.SUPPRESS)
     parser.add_argument("--export-dir", default=None, help="keep the exported models here")
+    parser.add_argument("--with-onnx", action="store_true", help=argparse.SUPPRESS)  # worker
     parser.add_argument("--cases", nargs="+", choices=sorted(inputs.CASES), default=["b1_800x1333"])
     parser.add_argument(
         "--modes",
@@ -175,8 +188,13 @@ def main(argv=None):
     notes = []
     export = results.get(("export", "paddle:export"))
     if export and "export_s" in export:
+        onnx_note = (
+            f", ONNX conversion {export['onnx_convert_s']:.1f} s"
+            if "onnx_convert_s" in export
+            else ""
+        )
         notes.append(
-            f"export (to_static + jit.save): {export['export_s']:.1f} s, "
+            f"export (to_static + jit.save): {export['export_s']:.1f} s{onnx_note}, "
             f"peak RSS {export['peak_rss_mib']:.0f} MiB"
         )
     return driver.finish(SCRIPT, args, header, rows, results, notes)

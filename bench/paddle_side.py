@@ -120,13 +120,19 @@ def infer_step(model, batch):
 
 
 def export(model, out_dir: str):
-    """Export ``model`` for inference (``to_static`` with ``full_graph=True``, ``jit.save``).
+    """Export ``model`` for inference (``to_static`` with ``full_graph=True``, ``jit.save``), as
+    ``Trainer.export`` traces it (``ppdet_ghm.compat.onnx_convertible_scalars``).
 
     The input spec is ppdet's: ``image`` [N, 3, H, W], ``im_shape`` [N, 2], ``scale_factor``
-    [N, 2], with free N, H, W. Writes ``out_dir/model.{json|pdmodel,pdiparams}``.
+    [N, 2], with free N, H, W. Writes ``out_dir/model.{json|pdmodel,pdiparams}`` and an
+    ``infer_cfg.yml`` without preprocessing steps (the benchmark feeds preprocessed inputs; the
+    ONNX conversion stores it).
     """
     import paddle
+    import yaml
     from paddle.static import InputSpec
+
+    from ppdet_ghm.compat import onnx_convertible_scalars
 
     model.eval()
     spec = [
@@ -136,9 +142,49 @@ def export(model, out_dir: str):
             "scale_factor": InputSpec([None, 2], "float32", "scale_factor"),
         }
     ]
-    static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
-    paddle.jit.save(static, os.path.join(out_dir, "model"))
+    with onnx_convertible_scalars():
+        static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
+        paddle.jit.save(static, os.path.join(out_dir, "model"))
+    num_classes = model.head.num_classes
+    with open(os.path.join(out_dir, "infer_cfg.yml"), "w") as f:
+        yaml.safe_dump(
+            {"Preprocess": [], "label_list": [f"class{i}" for i in range(num_classes)]}, f
+        )
     return out_dir
+
+
+def convert_onnx(model_dir: str) -> str:
+    """``model_dir/model.onnx`` by ``ppdet_ghm.engine.onnx_export.convert_export`` (what
+    ``ppdet-ghm export --onnx`` runs)."""
+    from ppdet_ghm.engine.onnx_export import convert_export
+
+    return convert_export(model_dir)
+
+
+def _feeds(batch):
+    n = len(batch["images"])
+    return {
+        "image": np.ascontiguousarray(batch["images"]),
+        "im_shape": np.array(batch["image_shapes"], dtype=np.float32),
+        "scale_factor": np.ones((n, 2), dtype=np.float32),
+    }
+
+
+def onnx_step(model_dir: str, batch, threads: int):
+    """A closure: ``model_dir/model.onnx`` through ONNX Runtime's CPU provider as
+    ``ppdet-ghm infer --onnx`` runs it (``ppdet_ghm.engine.onnx_predictor.OnnxDetector``,
+    ``threads`` intra-op threads), one image per call (the converted NMS takes batch 1)."""
+    from ppdet_ghm.engine.onnx_predictor import OnnxDetector
+
+    if len(batch["images"]) != 1:
+        raise ValueError("the ONNX model runs one image at a time: use a batch-1 case")
+    detector = OnnxDetector(os.path.join(model_dir, "model.onnx"), threads=threads)
+    feeds = _feeds(batch)
+
+    def step():
+        return len(detector.run(feeds))
+
+    return step
 
 
 def predictor_step(model_dir: str, batch, threads: int, onednn: bool = True):
@@ -155,12 +201,7 @@ def predictor_step(model_dir: str, batch, threads: int, onednn: bool = True):
     config.set_cpu_math_library_num_threads(threads)
     config.disable_glog_info()
     predictor = inference.create_predictor(config)
-    n = len(batch["images"])
-    feeds = {
-        "image": np.ascontiguousarray(batch["images"]),
-        "im_shape": np.array(batch["image_shapes"], dtype=np.float32),
-        "scale_factor": np.ones((n, 2), dtype=np.float32),
-    }
+    feeds = _feeds(batch)
     names = predictor.get_input_names()
     missing = set(names) - set(feeds)
     if missing:
