@@ -401,3 +401,35 @@ def test_a_graph_without_nms_is_not_our_detector():
     )
     with pytest.raises(ValueError, match="no NonMaxSuppression"):
         onnx_export.keep_all_nms_boxes(helper.make_model(graph))
+
+
+# ------------------------------------------------------------------ what paddle2onnx refuses
+
+
+def test_paddle2onnx_has_no_converter_for_full_batch_size_like():
+    from paddle2onnx import paddle2onnx_cpp2py_export as p2o
+
+    supported = set(p2o.get_all_supported_operators_pir())
+    assert "full_batch_size_like" not in supported  # why compat.onnx_convertible_scalars exists
+    assert {"full_like", "multiclass_nms3", "group_norm", "take_along_axis"} <= supported
+
+
+class _ScalarOnTheLeft(paddle.nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.linear = paddle.nn.Linear(2, 2)  # a parameter, so that jit.save writes .pdiparams
+
+    def forward(self, x):
+        return 1.0 / self.linear(x)
+
+
+def test_a_program_paddle2onnx_refuses_is_a_clear_error(tmp_path):
+    spec = [paddle.static.InputSpec([None, 2], "float32", "x")]
+    static = paddle.jit.to_static(_ScalarOnTheLeft(), input_spec=spec, full_graph=True)
+    paddle.jit.save(static, str(tmp_path / "model"))  # traced without the fix
+    assert b"full_batch_size_like" in (tmp_path / "model.json").read_bytes()
+    (tmp_path / "infer_cfg.yml").write_text("Preprocess: []\nlabel_list: [a]\n")
+    with pytest.raises(ValueError, match="paddle2onnx could not convert .*model.json"):
+        onnx_export.convert_export(tmp_path)
+    assert not (tmp_path / "model.onnx").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
