@@ -301,6 +301,11 @@ def _eval_exported(args) -> int:
 
     if args.json or args.weights:
         raise _UsageError("eval: give --model_dir/--onnx without --json or --weights")
+    if bool(args.config) == bool(args.gt) or (args.gt and not args.image_dir):
+        raise _UsageError(
+            "eval --model_dir/--onnx needs the set: -c CONFIG (its EvalDataset) or --gt GT.json "
+            "--image_dir DIR"
+        )
     ground_truth, image_dir = tasks.coco_eval_set(
         args.config,
         ground_truth=args.gt,

@@ -433,3 +433,15 @@ def test_a_program_paddle2onnx_refuses_is_a_clear_error(tmp_path):
         onnx_export.convert_export(tmp_path)
     assert not (tmp_path / "model.onnx").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--gt", "gt.json"], ["-c", "c.yml", "--gt", "gt.json", "--image_dir", "val"]],
+    ids=["no-set", "gt-without-images", "both"],
+)
+def test_eval_of_an_exported_model_needs_one_set(extra, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", "--onnx", "model.onnx", *extra])
+    assert exit_info.value.code == 2
+    assert "-c CONFIG (its EvalDataset) or --gt GT.json --image_dir DIR" in capsys.readouterr().err
