@@ -13,7 +13,9 @@ calls after one warm-up call:
 * ``plain``: Paddle's ``binary_cross_entropy_with_logits`` (GHM-C) / ``smooth_l1_loss`` (GHM-R) on
   the same tensor with a precomputed float target: the floor of any loss of this shape.
 
-Cases: GHM-C on ``[120000 x 80]`` logits with 0.5 % positive anchors and 1 % ignored; RetinaNet's
+Cases: GHM-C on ``[120000 x 80]`` logits with 0.5 % positive anchors and 1 % ignored (with integer
+labels and ``[N]`` weights as our head passes them, and in mmdet's form: float one-hot targets and
+``[N, C]`` weights); RetinaNet's
 five FPN levels P3-P7 for 2 images of 800 x 1333 (``ceil(800/s) * ceil(1344/s) * 9 * 2`` anchors,
 s = 8 ... 128), each level alone and one iteration of all five (5 calls, one backward, as the head
 does); GHM-R on ``[2000 x 4]``. Threads: ``--threads`` (default 2) for both frameworks.
@@ -110,6 +112,14 @@ def plain_bce_batches(batches):
     return out
 
 
+def mmdet_form(batch):
+    """``batch`` as mmdet's head hands it to GHMC: float one-hot targets, ``[N, C]`` weights."""
+    import numpy as np
+
+    ((logits, target, weight),) = plain_bce_batches([batch])
+    return logits, target, np.repeat(weight[:, None], logits.shape[1], axis=1)
+
+
 def torch_step(loss_fn, batches):
     import torch
 
@@ -183,7 +193,11 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     levels = [max(1, round(n * args.scale)) for n in retina_level_sizes()]
     flat = max(1, round(120000 * args.scale))
-    ghmc_cases = [(f"GHM-C [{flat} x 80]", [ghmc_inputs(rng, flat)])]
+    flat_batch = ghmc_inputs(rng, flat)
+    ghmc_cases = [
+        (f"GHM-C [{flat} x 80]", [flat_batch]),
+        (f"GHM-C [{flat} x 80], one-hot + [N, C] weights", [mmdet_form(flat_batch)]),
+    ]
     level_batches = [ghmc_inputs(rng, n) for n in levels]
     for name, n, batch in zip(("P3", "P4", "P5", "P6", "P7"), levels, level_batches, strict=True):
         ghmc_cases.append((f"GHM-C {name} [{n} x 80]", [batch]))

@@ -303,6 +303,33 @@ def _check_label_weight(label_weight, pred):
     )
 
 
+def _binary_positives(target):
+    """Flat indices of the ones of a float ``[N, C]`` target whose elements are all 0 or 1
+    (mmdet's one-hot form), so that it takes the integer-label path; None for any other target,
+    and always None in a static graph (the check reads one value back to the host)."""
+    if not paddle.in_dynamic_mode():
+        return None
+    flat = target.flatten()
+    nonzero = paddle.nonzero(flat).flatten()
+    if nonzero.shape[0] and not bool((paddle.gather(flat, nonzero) == 1).all()):
+        return None
+    return nonzero
+
+
+def _row_label_weight(label_weight):
+    """``[N, C]`` label weights that mark each row valid or ignored as a whole, as ``[N]`` (the
+    cheaper per-row form; only the sign of a weight matters); any other input unchanged. Dygraph
+    only, like :func:`_binary_positives`."""
+    if label_weight.ndim != 2 or not paddle.in_dynamic_mode():
+        return label_weight
+    # a row is uniform iff its smallest and its largest weight are on the same side of 0
+    all_valid = label_weight.min(axis=1) > 0
+    any_valid = label_weight.max(axis=1) > 0
+    if bool((all_valid == any_valid).all()):
+        return label_weight[:, 0]
+    return label_weight
+
+
 def ghmc_loss(
     pred,
     target,
@@ -319,10 +346,13 @@ def ghmc_loss(
 
     Args:
         pred (Tensor): float ``[N, C]`` logits (float16/bfloat16 are computed in float32).
-        target (Tensor): float ``[N, C]`` binary targets, or int ``[N]`` labels in ``[0, C]``
+        target (Tensor): float ``[N, C]`` targets, or int ``[N]`` labels in ``[0, C]``
             where ``C`` (or any value outside ``[0, C)``) means background: an all-zero row.
+            In dygraph, float targets of only 0 and 1 (mmdet's one-hot form) run as fast as
+            labels: the ones' flat indices are taken once and the label path is used.
         label_weight (Tensor): ``[N]`` (per row) or ``[N, C]``; ``> 0`` valid, ``<= 0`` ignored.
-            Only the sign matters, as in the reference.
+            Only the sign matters, as in the reference. ``[N, C]`` weights that mark whole rows
+            are used as ``[N]`` (dygraph).
         acc_sum (Tensor | None): float32 ``[bins]`` EMA histogram (required iff momentum > 0).
         bins, momentum, loss_weight: as :class:`GHMCLoss`.
         sync_stats (bool): all-reduce the bin counts and ``tot`` over the ranks before the EMA
@@ -351,6 +381,14 @@ def ghmc_loss(
             # Flat index of every positive element; background rows have none.
             pos_rows = paddle.nonzero((target >= 0) & (target < num_classes)).flatten()
             positives = pos_rows * num_classes + paddle.gather(target, pos_rows).astype("int64")
+        else:
+            if tuple(target.shape) != tuple(pred.shape):
+                raise ValueError(
+                    f"float targets must be [N, C] like pred {pred.shape}, got {target.shape}"
+                )
+            positives = _binary_positives(target)
+        label_weight = _row_label_weight(label_weight)
+        if positives is not None:
             binary = None
             prob = F.sigmoid(logits)
             prob_pos = paddle.gather(prob, positives)
@@ -361,11 +399,6 @@ def ghmc_loss(
                 grad_dir, positives, (prob_pos - 1) * grad_scale, overwrite=True
             )
         else:
-            if tuple(target.shape) != tuple(pred.shape):
-                raise ValueError(
-                    f"float targets must be [N, C] like pred {pred.shape}, got {target.shape}"
-                )
-            positives = None
             binary = _as_dtype(target, pred.dtype).flatten()
             grad_dir = F.sigmoid(logits) - binary
             grad_scale = 1.0

@@ -291,6 +291,52 @@ def test_ghmc_labels_equal_one_hot_float_targets_and_elementwise_weights():
     np.testing.assert_allclose(aa, ref_acc, rtol=RTOL)
 
 
+def test_ghmc_mmdet_input_form_takes_the_label_path_bit_for_bit():
+    """Float one-hot targets with [N, C] weights that mark whole rows (mmdet's form) are run as
+    integer labels with [N] weights: the same bits, not just the same numbers."""
+    rng = np.random.default_rng(12)
+    x, labels, weight = random_ghmc_inputs(rng, n=400, c=7)
+    results = []
+    for target, lw in (
+        (labels, weight),
+        (one_hot(labels, 7).astype(np.float32), np.repeat(weight[:, None] * 2.0, 7, axis=1)),
+    ):
+        loss_fn = GHMCLoss(bins=30, momentum=0.75)
+        for _ in range(2):  # the second call sees the first's histogram
+            loss, grad = run(loss_fn, x.astype(np.float32), target, lw)
+        results.append((loss, grad, loss_fn.acc_sum.numpy()))
+    (la, ga, aa), (lb, gb, ab) = results
+    assert la == lb
+    np.testing.assert_array_equal(ga, gb)
+    np.testing.assert_array_equal(aa, ab)
+
+
+@pytest.mark.parametrize("kind", ["soft", "multi_label", "empty"])
+def test_ghmc_float_targets_that_are_not_one_hot(kind):
+    """Soft targets keep the general path; several ones in a row and empty inputs are binary."""
+    rng = np.random.default_rng(13)
+    x, labels, weight = random_ghmc_inputs(rng, n=250, c=5)
+    target = one_hot(labels, 5)
+    if kind == "soft":
+        target[::7, 1] = 0.3
+    elif kind == "multi_label":
+        target[::3, 0] = 1.0
+        target[::4, 2] = 1.0
+    else:
+        x, target, weight = x[:0], target[:0], weight[:0]
+    lw = np.repeat(weight[:, None], 5, axis=1)
+    loss_fn = GHMCLoss(bins=10, momentum=0.7)
+    loss, grad = run(loss_fn, x.astype(np.float32), target.astype(np.float32), lw)
+    if kind == "empty":
+        assert loss == 0.0 and grad.shape == (0, 5)
+        np.testing.assert_array_equal(loss_fn.acc_sum.numpy(), np.zeros(10))
+        return
+    ref_loss, ref_grad, ref_acc = ref_ghmc(x, target, lw, 10, 0.7, np.zeros(10))
+    assert loss == pytest.approx(ref_loss, rel=RTOL)
+    assert_close(grad, ref_grad)
+    np.testing.assert_allclose(loss_fn.acc_sum.numpy(), ref_acc, rtol=RTOL)
+
+
 def test_ghmc_five_call_momentum_sequence():
     rng = np.random.default_rng(3)
     loss_fn = GHMCLoss(bins=30, momentum=0.75)
