@@ -10,6 +10,8 @@ loss layers) and its share of the iteration.
 
     python -m bench.bench_train_step                     # both cases, both sides, 2 threads
     python -m bench.bench_train_step --cases b2_512 --repeats 3 --sides paddle
+
+The output ends with one line per case, ``train step <case>: ours/mmdet <ratio>x``.
 """
 
 import argparse
@@ -74,7 +76,22 @@ def main(argv=None):
     results = driver.drive(SCRIPT, args, args.cases)
     header = [*driver.COMPARISON_HEADER, "mmdet GHM fwd ms (share)", "ours GHM fwd ms (share)"]
     rows = driver.comparison_rows(results, args.cases, extra=_ghm_cells)
-    return driver.finish(SCRIPT, args, header, rows, results)
+    status = driver.finish(SCRIPT, args, header, rows, results)
+    print()
+    for line in summary_lines(results, args.cases):
+        print(line)
+    return status
+
+
+def summary_lines(results, cases):
+    """One line per case, ``train step <case>: ours/mmdet <ratio>x`` (median wall times), for
+    scripts that read the result; ``-`` where a side did not run or failed."""
+    lines = []
+    for case in cases:
+        ref, ours = results.get((case, "torch"), {}), results.get((case, "paddle"), {})
+        ratio = driver.fmt_ratio(ours.get("median_s"), ref.get("median_s"))
+        lines.append(f"train step {case}: ours/mmdet {ratio}")
+    return lines
 
 
 if __name__ == "__main__":
