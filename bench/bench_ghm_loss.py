@@ -105,6 +105,9 @@ def plain_bce_batches(batches):
 
     out = []
     for logits, labels, weight in batches:
+        if labels.ndim == 2:  # already float targets
+            out.append((logits, labels, weight))
+            continue
         target = np.zeros_like(logits)
         rows = np.nonzero(labels < logits.shape[1])[0]
         target[rows, labels[rows]] = 1.0
