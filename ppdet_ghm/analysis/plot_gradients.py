@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import paddle
 
-from ppdet_ghm.analysis import gradients as G
+from ppdet_ghm.analysis import gradient_stats as S
 
 logger = logging.getLogger(__name__)
 
@@ -291,15 +291,15 @@ def run(args: argparse.Namespace) -> dict:
 
     settings = _loss_settings(model.head, args)
     num_levels = len(model.head.anchor_generator.strides)
-    cls_stats = G.ClsGradientStats(
+    cls_stats = S.ClsGradientStats(
         bins=settings["bins"], num_levels=num_levels, focal_gamma=settings["focal_gamma"]
     )
-    reg_stats = G.RegGradientStats(mu=settings["mu"], num_levels=num_levels)
+    reg_stats = S.RegGradientStats(mu=settings["mu"], num_levels=num_levels)
     loader = build_loader(cfg, args.split, args.batch_size)
     counters = collect(model, loader, args.images, cls_stats, reg_stats)
 
-    cls_summary = G.summarize_cls(cls_stats, focal_alpha=settings["focal_alpha"])
-    reg_summary = G.summarize_reg(
+    cls_summary = S.summarize_cls(cls_stats, focal_alpha=settings["focal_alpha"])
+    reg_summary = S.summarize_reg(
         reg_stats, ghmr_bins=settings["ghmr_bins"], hist_bins=settings["bins"],
         sl1_beta=settings["sl1_beta"],
     )  # fmt: skip

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 
+from ppdet_ghm.analysis import gradient_stats as S
 from ppdet_ghm.analysis import gradients as G
 from tests.helpers import REPO
 
@@ -197,10 +198,10 @@ def _random_levels(seed: int = 0, num_levels: int = 3, num_classes: int = 4):
 def test_cls_summary_counts_weights_and_curves_against_direct_numpy():
     levels = _random_levels()
     bins, alpha = 10, 0.25
-    stats = G.ClsGradientStats(bins=bins, num_levels=len(levels))
+    stats = S.ClsGradientStats(bins=bins, num_levels=len(levels))
     for lvl, (x, y, w) in enumerate(levels):
         stats.update(lvl, x, y, w)
-    s = G.summarize_cls(stats, focal_alpha=alpha, grid_points=11)
+    s = S.summarize_cls(stats, focal_alpha=alpha, grid_points=11)
 
     per_level_g = [ref_cls_g(x, y, w) for x, y, w in levels]
     level_counts = np.stack([ref_bin_counts(g, bins, 1.0) for g in per_level_g])
@@ -248,7 +249,7 @@ def test_cls_summary_counts_weights_and_curves_against_direct_numpy():
 
 def test_reg_summary_against_direct_numpy():
     rng = np.random.default_rng(3)
-    stats = G.RegGradientStats(mu=0.02, num_levels=2)
+    stats = S.RegGradientStats(mu=0.02, num_levels=2)
     all_d = []
     for lvl in range(2):
         pred, target = rng.normal(0, 0.2, (50, 4)), rng.normal(0, 0.2, (50, 4))
@@ -257,7 +258,7 @@ def test_reg_summary_against_direct_numpy():
         all_d.append(np.abs(pred - target)[weight > 0])
     d = np.concatenate(all_d)
     gr = d / np.sqrt(d**2 + 0.02**2)
-    s = G.summarize_reg(stats, ghmr_bins=10, hist_bins=20, sl1_beta=0.11, grid_points=50)
+    s = S.summarize_reg(stats, ghmr_bins=10, hist_bins=20, sl1_beta=0.11, grid_points=50)
     assert int(s["num_coords"]) == d.size
     np.testing.assert_array_equal(s["counts"], ref_bin_counts(gr, 20, 1.0))
     np.testing.assert_array_equal(s["level_counts"].sum(axis=0), s["counts"])
