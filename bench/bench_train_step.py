@@ -17,7 +17,7 @@ The output ends with one line per case, ``train step <case>: ours/mmdet <ratio>x
 import argparse
 import sys
 
-from bench import driver, inputs, timing
+from bench import driver, flops, inputs, timing
 
 SCRIPT = "bench_train_step"
 BASE_LR = 0.01
@@ -45,6 +45,8 @@ def worker(args):
     res["ghm_forward_s"] = timer.total_s / args.repeats
     res["ghm_calls_per_iter"] = timer.calls / args.repeats
     res["losses"] = losses
+    if args.side == "paddle":  # after the measurement: its forward must not count in the peaks
+        res["conv_flops"] = flops.train_step_conv_flops(model, side.input_dict(batch, True))
     return res
 
 
@@ -59,11 +61,37 @@ def _ghm_cells(case, ref, ours):
     return cells
 
 
+def _throughput_cells(results, cases, threads: int, per_cycle: int | None):
+    """Per case: the step's conv TFLOP and each side's conv GFLOP/s with its share of the peak."""
+    peak, _ = flops.cpu_peak_gflops(threads, per_cycle)
+
+    def cells(case, ref, ours):
+        count = ours.get("conv_flops", {}).get("total")
+        out = [f"{count / 1e12:.2f}" if count else "-"]
+        for res in (ref, ours):
+            median = res.get("median_s")
+            if not count or not median:
+                out.append("-")
+                continue
+            rate = count / median / 1e9
+            share = f" ({100 * rate / peak:.0f} %)" if peak else ""
+            out.append(f"{rate:.0f}{share}")
+        return out
+
+    return cells
+
+
 def main(argv=None):
     parser = driver.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--case", help=argparse.SUPPRESS)  # worker only
     parser.add_argument(
         "--cases", nargs="+", choices=sorted(inputs.CASES), default=["b2_512", "b1_800x1333"]
+    )
+    parser.add_argument(
+        "--flops-per-cycle",
+        type=int,
+        default=None,
+        help="float32 FLOP per cycle and core for the peak (default: 64 with AVX-512, 32 AVX2)",
     )
     args = parser.parse_args(argv)
     if args.seed is None:
@@ -75,8 +103,16 @@ def main(argv=None):
         return 0
     results = driver.drive(SCRIPT, args, args.cases)
     header = [*driver.COMPARISON_HEADER, "mmdet GHM fwd ms (share)", "ours GHM fwd ms (share)"]
-    rows = driver.comparison_rows(results, args.cases, extra=_ghm_cells)
-    status = driver.finish(SCRIPT, args, header, rows, results)
+    header += ["conv TFLOP / step", "mmdet conv GFLOP/s (peak)", "ours conv GFLOP/s (peak)"]
+    throughput = _throughput_cells(results, args.cases, args.threads, args.flops_per_cycle)
+
+    def extra(case, ref, ours):
+        return _ghm_cells(case, ref, ours) + throughput(case, ref, ours)
+
+    rows = driver.comparison_rows(results, args.cases, extra=extra)
+    _, peak_note = flops.cpu_peak_gflops(args.threads, args.flops_per_cycle)
+    notes = [f"peak (float32 FMA, module bench.flops): {peak_note}"]
+    status = driver.finish(SCRIPT, args, header, rows, results, notes=notes)
     print()
     for line in summary_lines(results, args.cases):
         print(line)
