@@ -19,14 +19,7 @@ import argparse
 import os
 import sys
 
-
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+from test_tipc.tipc_args import str_to_bool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--params_filename", default="model.pdiparams")
     parser.add_argument("--save_file", default=None, help="default: <model_dir>/model.onnx")
     parser.add_argument("--opset_version", type=int, default=None)
-    parser.add_argument("--enable_onnx_checker", type=_bool, default=True)
+    parser.add_argument("--enable_onnx_checker", type=str_to_bool, default=True)
     return parser
 
 

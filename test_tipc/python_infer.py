@@ -20,14 +20,7 @@ import sys
 import time
 from collections import Counter
 
-
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+from test_tipc.tipc_args import str_to_bool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,11 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--image_dir", help="a folder of images")
     images.add_argument("--image_file", help="one image")
     parser.add_argument("--device", default="cpu", type=str.lower, choices=("cpu", "gpu"))
-    parser.add_argument("--enable_mkldnn", type=_bool, default=False)
+    parser.add_argument("--enable_mkldnn", type=str_to_bool, default=False)
     parser.add_argument("--cpu_threads", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--run_mode", default="paddle")
-    parser.add_argument("--run_benchmark", type=_bool, default=False)
+    parser.add_argument("--run_benchmark", type=str_to_bool, default=False)
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score drawn")
     parser.add_argument("--output_dir", default=None, help="default: <model_dir>/infer")
     return parser
