@@ -125,19 +125,36 @@ def ghm_bin_index(g, edges):
     return _compare_bin_index(g, edges)
 
 
-def _bin_index_inplace(g, edges):
-    """:func:`ghm_bin_index` of a float32 ``g`` that is scaled in place and scaled back, which saves
-    a tensor the size of ``g`` (5-9 % of a GHM-C call on the large FPN levels).
+def _label_bins_and_gradient(logits, positives, edges):
+    """GHM-C bins of ``g = |s - t|`` and the direction ``s - t`` of the BCE gradient, for a binary
+    target given by the flat indices of its ones (``s = sigmoid(x)``).
 
-    Returns ``(idx, g)``: use the returned ``g`` (a static graph has no in-place update), which
-    holds ``fl32(fl32(g * bins) * fl32(1 / bins))`` in both modes: within a rounding of ``g``.
+    One buffer of the ``[N * C]`` elements serves both, with no copy: it holds ``s``, then ``g``
+    (``1 - s`` at the positives), which is scaled in place by ``k = bins`` and truncated to the
+    bin index (exact, :func:`_exact_float32_scale`), then ``(s - t) * k`` (``(s - 1) * k`` at the
+    positives). A copy, or scaling back, costs 5-9 % of the call on the large FPN levels, and
+    scaling back moves the gradient by a rounding, which is enough to change the demo's AP.
+
+    Args:
+        logits (Tensor): float ``[N * C]``.
+        positives (Tensor): int64 flat indices of the ones of the target.
+        edges (np.ndarray): :func:`ghmc_edges`.
+
+    Returns:
+        (Tensor, Tensor, float): int32 bins, ``(s - t) * k`` and ``k`` (1.0 where the bins need
+        the comparison path); :class:`_HarmonizedBCE` divides ``k`` out of the gradient.
     """
+    prob = F.sigmoid(logits)
+    prob_pos = paddle.gather(prob, positives)
+    g = paddle.scatter_(prob, positives, 1 - prob_pos, overwrite=True)
     scale = _exact_float32_scale(edges.tobytes()) if g.dtype == paddle.float32 else None
     if scale is None:
-        return _compare_bin_index(g, edges), g
-    g = g.scale_(scale)
-    idx = g.astype("int32").clip_(0, len(edges) - 2)
-    return idx, g.scale_(1.0 / scale)
+        idx, scale = _compare_bin_index(g, edges), 1.0
+    else:
+        g = g.scale_(scale)  # use the returned value: a static graph has no in-place update
+        idx = g.astype("int32").clip_(0, len(edges) - 2)
+    grad_dir = paddle.scatter_(g, positives, (prob_pos - 1) * scale, overwrite=True)
+    return idx, grad_dir, scale
 
 
 def _compare_bin_index(g, edges):
@@ -250,13 +267,14 @@ class _HarmonizedBCE(PyLayer):
     """``sum(weight * BCEWithLogits(x, t))`` whose gradient is ``weight * (sigmoid(x) - t)``.
 
     The gradient is exact everywhere, also at x = 0 where Paddle's own BCE-with-logits kernel is
-    off. The caller passes ``grad_dir = sigmoid(x) - t``, which it has computed anyway for the
-    bins (a temporary, overwritten here). Targets are either ``positives`` (flat indices of the
-    ones of a binary target, the rest 0) or a flat float ``target``.
+    off. The caller passes ``grad_dir = (sigmoid(x) - t) * grad_scale``, which it has computed
+    for the bins anyway (a temporary, overwritten here; see :func:`_label_bins_and_gradient`).
+    Targets are either ``positives`` (flat indices of the ones of a binary target, the rest 0)
+    or a flat float ``target``.
     """
 
     @staticmethod
-    def forward(ctx, pred, grad_dir, weight, positives=None, target=None):
+    def forward(ctx, pred, grad_dir, weight, grad_scale, positives=None, target=None):
         logits = pred.flatten()
         if target is None:
             # softplus(x) is the BCE where t = 0, softplus(-x) where t = 1
@@ -271,6 +289,7 @@ class _HarmonizedBCE(PyLayer):
             elem_loss = F.relu(logits) - logits * target + F.softplus(-logits.abs())
         ctx.save_for_backward(grad_dir.multiply_(weight))
         ctx.pred_shape = pred.shape
+        ctx.grad_scale = grad_scale
         # Row sums in float32, their total in float64: a flat float32 sum over a level's
         # N*H*W*A*K elements was off by up to 5e-7 relative (the reference's pairwise float32
         # sum: ~1e-7); this costs ~1 % of the call, a float64 cast of every element ~7 %.
@@ -280,11 +299,13 @@ class _HarmonizedBCE(PyLayer):
     @staticmethod
     def backward(ctx, grad_out):
         (grad,) = ctx.saved_tensor()
+        grad_out = grad_out.astype(grad.dtype)
+        if ctx.grad_scale != 1.0:
+            grad_out = grad_out / ctx.grad_scale
         # In place: a PyLayer graph is walked once (Paddle 3.3.1 crashes on a second backward
         # through any PyLayer, retain_graph or not). One gradient per tensor input (static graphs
         # require it): pred, grad_dir, weight and the targets (positives or target).
-        grad = grad.scale_(grad_out.astype(grad.dtype))
-        return grad.reshape(ctx.pred_shape), None, None, None
+        return grad.scale_(grad_out).reshape(ctx.pred_shape), None, None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,16 +418,10 @@ def ghmc_loss(
         label_weight = _row_label_weight(label_weight)
         if positives is not None:
             binary = None
-            # One buffer, three meanings: s = sigmoid(x); then g = |s - t| for the bins (t = 1 only
-            # at the positives: 1 - s there); then s - t for the gradient (s - 1 there).
-            prob = F.sigmoid(logits)
-            prob_pos = paddle.gather(prob, positives)
-            g = paddle.scatter_(prob, positives, 1 - prob_pos, overwrite=True)
-            idx, g = _bin_index_inplace(g, edges)
-            grad_dir = paddle.scatter_(g, positives, prob_pos - 1, overwrite=True)
+            idx, grad_dir, grad_scale = _label_bins_and_gradient(logits, positives, edges)
         else:
             binary = _as_dtype(target, pred.dtype).flatten()
-            grad_dir = F.sigmoid(logits) - binary
+            grad_dir, grad_scale = F.sigmoid(logits) - binary, 1.0
             idx = ghm_bin_index(grad_dir.abs(), edges)
 
         num_valid = (label_weight > 0).astype("float64").sum()
@@ -424,7 +439,9 @@ def ghmc_loss(
             bins,
             pred.dtype,
         )
-    loss = _HarmonizedBCE.apply(pred, grad_dir, weight, positives=positives, target=binary)
+    loss = _HarmonizedBCE.apply(
+        pred, grad_dir, weight, grad_scale, positives=positives, target=binary
+    )
     return loss, acc_sum
 
 
