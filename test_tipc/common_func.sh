@@ -51,3 +51,21 @@ function status_check() {
         TIPC_FAILED=$((TIPC_FAILED + 1))
     fi
 }
+
+# LOG_PATH: TIPC_OUTPUT_DIR (default ./test_tipc/output), made absolute; status_log: the empty
+# file $1 in it
+function func_prepare_log_path() {
+    LOG_PATH=${TIPC_OUTPUT_DIR:-./test_tipc/output}
+    mkdir -p "${LOG_PATH}"
+    LOG_PATH=$(cd "${LOG_PATH}" && pwd)
+    status_log="${LOG_PATH}/$1"
+    : >"${status_log}"
+}
+
+# exit 2 when the config's python command ($1) is not on PATH
+function func_check_python() {
+    if ! command -v "${1%% *}" >/dev/null 2>&1; then
+        echo "'$1' (the config's python:) is not on PATH: activate the environment first" >&2
+        exit 2
+    fi
+}

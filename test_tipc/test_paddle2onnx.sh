@@ -89,17 +89,9 @@ infer_image_key=$(func_parser_key "${lines[28]}")
 infer_image_value=$(func_parser_value "${lines[28]}")
 infer_param1_value=$(func_parser_value "${lines[29]:-null:null}")
 
-LOG_PATH=${TIPC_OUTPUT_DIR:-./test_tipc/output}
-mkdir -p "${LOG_PATH}"
-LOG_PATH=$(cd "${LOG_PATH}" && pwd)
-status_log="${LOG_PATH}/results_paddle2onnx.log"
-: >"${status_log}"
+func_prepare_log_path results_paddle2onnx.log
 echo "TIPC ${model_name} ${MODE}: logs in ${LOG_PATH}"
-
-if ! command -v "${python%% *}" >/dev/null 2>&1; then
-    echo "'${python}' (the config's python:) is not on PATH: activate the environment first" >&2
-    exit 2
-fi
+func_check_python "${python}"
 [ "${save_export_value}" = "null" ] && save_export_value="${LOG_PATH}/paddle2onnx"
 [ "${export_weight_value}" = "null" ] &&
     export_weight_value="${LOG_PATH}/norm_train_gpus_-1/${model_name}/model_final.pdparams"

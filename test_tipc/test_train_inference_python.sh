@@ -107,17 +107,9 @@ benchmark_value=$(func_parser_value "${lines[49]}")
 infer_key1=$(func_parser_key "${lines[50]:-null:null}")
 infer_value1=$(func_parser_value "${lines[50]:-null:null}")
 
-LOG_PATH=${TIPC_OUTPUT_DIR:-./test_tipc/output}
-mkdir -p "${LOG_PATH}"
-LOG_PATH=$(cd "${LOG_PATH}" && pwd)
-status_log="${LOG_PATH}/results_python.log"
-: >"${status_log}"
+func_prepare_log_path results_python.log
 echo "TIPC ${model_name} ${MODE}: logs in ${LOG_PATH}"
-
-if ! command -v "${python%% *}" >/dev/null 2>&1; then
-    echo "'${python}' (the config's python:) is not on PATH: activate the environment first" >&2
-    exit 2
-fi
+func_check_python "${python}"
 
 # run_step LOG_FILE COMMAND: runs COMMAND with its output in LOG_FILE, shows the output, records status.
 function run_step() {
