@@ -117,6 +117,13 @@ def build_parser():
         help="our side only: overrides of align/configs/train_r18_<loss>.yml, for ablations (e.g. "
         "GHMRetinaHead.loss_bbox=BetaSmoothL1Loss GHMCLoss.momentum=0); name the run with --tag",
     )
+    parser.add_argument(
+        "--warmup-iters",
+        type=int,
+        default=None,
+        help="both sides: linear warmup length in iterations (default: the optimizer's, 50); "
+        "name the run with --tag",
+    )
     parser.add_argument("--tag", default="", help="appended to the run name (ablation runs)")
     parser.add_argument("--print-every", type=int, default=50)
     parser.add_argument("--results", default=None, help="--compare: also copy JSON + PNG here")

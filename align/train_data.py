@@ -76,6 +76,18 @@ OPTIMS = {
 }
 
 
+def optim_of(args) -> OptimSettings:
+    """A run's optimizer: ``OPTIMS[args.optim]`` with ``args.warmup_iters`` warmup iterations when
+    that is given (a warmup ablation; both sides train with it)."""
+    optim = OPTIMS[args.optim]
+    warmup = getattr(args, "warmup_iters", None)
+    if warmup is None:
+        return optim
+    if not 0 < warmup < args.iters:
+        raise ValueError(f"--warmup-iters must be in 1 .. {args.iters - 1}, got {warmup}")
+    return dataclasses.replace(optim, warmup_iters=warmup)
+
+
 def lr_at(it: int, optim: OptimSettings, iters: int) -> float:
     """Learning rate of iteration ``it`` (0-based) of a run of ``iters`` iterations.
 

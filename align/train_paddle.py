@@ -108,7 +108,7 @@ def train(args, data: dict, out_dir: str, arrays: dict[str, np.ndarray], mutate=
     import paddle
 
     paddle.seed(args.seed)
-    optim = train_data.OPTIMS[args.optim]
+    optim = train_data.optim_of(args)
     from align.paddle_ref import load_converted_weights
     from ppdet_ghm.builder import parse_overrides
 

@@ -198,7 +198,7 @@ def train(args, data: dict, out_dir: str) -> dict:
     from align.torch_ref import set_deterministic
 
     set_deterministic(args.threads)
-    optim = train_data.OPTIMS[args.optim]
+    optim = train_data.optim_of(args)
     model = build_model(args.loss)
     init = initial_weights(model, args.init, args.seed)
     dtype = getattr(torch, args.dtype)

@@ -180,3 +180,20 @@ def test_summary_of_the_2x2(tmp_path):
     out = step13_train.summary(str(tmp_path))
     assert out["runs"]["ghm_adamw_marks"]["mean"]["paddle"]["AP"] == pytest.approx(21.0)
     assert out["runs"]["ghm_adamw"]["mean"]["torch"]["AP"] == pytest.approx(33.0)
+
+
+def test_warmup_ablation_changes_only_the_warmup_length():
+    import argparse
+
+    args = argparse.Namespace(optim="adamw", iters=600, warmup_iters=200)
+    optim = train_data.optim_of(args)
+    assert optim.warmup_iters == 200
+    assert optim == dataclasses.replace(train_data.OPTIMS["adamw"], warmup_iters=200)
+    # halfway through the long warmup: base * (f / 2 + 1 / 2)
+    assert train_data.lr_at(100, optim, 600) == pytest.approx(0.002 * (0.001 * 0.5 + 0.5))
+    assert train_data.lr_at(200, optim, 600) == pytest.approx(0.002)  # cosine starts at the base
+    args.warmup_iters = None
+    assert train_data.optim_of(args) is train_data.OPTIMS["adamw"]
+    args.warmup_iters = 600
+    with pytest.raises(ValueError, match="warmup-iters"):
+        train_data.optim_of(args)
