@@ -340,9 +340,7 @@ def _cmd_infer(args) -> int:
         if args.config or args.weights:
             raise _UsageError(f"infer: give either {flag} or -c CONFIG/--weights, not both")
         if args.onnx:
-            output_dir = args.output_dir or os.path.join(
-                os.path.dirname(os.path.abspath(args.onnx)), "infer_onnx"
-            )
+            output_dir = args.output_dir or tasks.onnx_infer_dir(args.onnx)
             records = tasks.predict_onnx(
                 args.onnx,
                 images,

@@ -53,9 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                     "another export's?"
                 )
         images = tasks.find_images(args.image_file or args.image_dir)
-        output_dir = args.output_dir or os.path.join(
-            os.path.dirname(os.path.abspath(args.onnx_file)), "infer_onnx"
-        )
+        output_dir = args.output_dir or tasks.onnx_infer_dir(args.onnx_file)
         records = tasks.predict_onnx(
             args.onnx_file,
             images,

@@ -462,6 +462,11 @@ def predict_exported(
     return _predict_with(detector, images, output_dir, draw_threshold, draw)
 
 
+def onnx_infer_dir(onnx_path: str) -> str:
+    """Where ``infer --onnx`` writes by default: ``infer_onnx/`` beside the ``.onnx`` file."""
+    return os.path.join(os.path.dirname(os.path.abspath(onnx_path)), "infer_onnx")
+
+
 def predict_onnx(
     onnx_path: str,
     images: list[str],
