@@ -69,3 +69,26 @@ function func_check_python() {
         exit 2
     fi
 }
+
+# lines: the non-empty lines of the config $1, carriage returns stripped (as Paddle's
+# `IFS=$'\n' lines=(...)` reads them)
+function func_read_lines() {
+    lines=()
+    local line
+    while IFS= read -r line || [ -n "${line}" ]; do
+        line=${line%$'\r'}
+        [ -n "${line}" ] && lines+=("${line}")
+    done <"$1"
+}
+
+# exit 2 unless line $1 of the config (0-based, blank lines skipped) holds $2; $3 names what
+# was expected in the message (default: '$2')
+function func_expect_line() {
+    local index=$1 name=$2 what=${3:-"'$2'"}
+    if [[ "${lines[index]:-}" != *"${name}"* ]]; then
+        echo "${FILENAME}: line ${index} (0-based, blank lines skipped) should hold ${what}," \
+            "found '${lines[index]:-<end of file>}'" >&2
+        exit 2
+    fi
+}
+

@@ -35,24 +35,11 @@ if [ "${MODE}" != "paddle2onnx_infer" ]; then
     exit 2
 fi
 
-lines=()
-while IFS= read -r line || [ -n "${line}" ]; do
-    line=${line%$'\r'}
-    [ -n "${line}" ] && lines+=("${line}")
-done <"${FILENAME}"
-
-function expect_key() {
-    local index=$1 name=$2
-    if [[ "${lines[index]:-}" != *"${name}"* ]]; then
-        echo "${FILENAME}: line ${index} (0-based, blank lines skipped) should hold '${name}'," \
-            "found '${lines[index]:-<end of file>}'" >&2
-        exit 2
-    fi
-}
-expect_key 0 paddle2onnx_params
-expect_key 7 norm_export:
-expect_key 17 cmd:
-expect_key 25 infer_py:
+func_read_lines "${FILENAME}"
+func_expect_line 0 paddle2onnx_params
+func_expect_line 7 norm_export:
+func_expect_line 17 cmd:
+func_expect_line 25 infer_py:
 
 model_name=$(func_parser_value "${lines[1]}")
 python=$(func_parser_value "${lines[2]}")

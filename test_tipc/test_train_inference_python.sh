@@ -37,24 +37,10 @@ case ${MODE} in
         ;;
 esac
 
-# Non-empty lines, carriage returns stripped (as Paddle's `IFS=$'\n' lines=(...)` reads them).
-lines=()
-while IFS= read -r line || [ -n "${line}" ]; do
-    line=${line%$'\r'}
-    [ -n "${line}" ] && lines+=("${line}")
-done <"${FILENAME}"
-
-function expect_header() {
-    local index=$1 name=$2
-    if [[ "${lines[index]:-}" != *"${name}"* ]]; then
-        echo "${FILENAME}: line ${index} (0-based, blank lines skipped) should be the ${name}" \
-            "header, found '${lines[index]:-<end of file>}'" >&2
-        exit 2
-    fi
-}
-expect_header 0 train_params
-expect_header 22 eval_params
-expect_header 26 infer_params
+func_read_lines "${FILENAME}"
+func_expect_line 0 train_params "the train_params header"
+func_expect_line 22 eval_params "the eval_params header"
+func_expect_line 26 infer_params "the infer_params header"
 
 # ---- train_params
 model_name=$(func_parser_value "${lines[1]}")
