@@ -16,6 +16,11 @@ Losses: ``ghm`` (GHM-C + GHM-R) or ``focal`` (Focal + Smooth L1 / #pos). Optimiz
         --results align/results
     python -m align.step13_train --summary     # the 2 x 2 over every run in align/results
 
+Variants, each named by ``--tag``: ``--opt`` (our config), ``--warmup-iters``, label noise
+(``--wrong-class`` / ``--missing-boxes``), a pretrained backbone (``--backbone-from`` a weights
+file of ``--save-weights``) and a perturbed start (``--perturb-init``, compared torch against
+torch by ``--noise-floor``).
+
 Each side writes ``DIR/<run>_<side>.npy`` (reprod_log's format: ``np.save`` of a dict) with per
 iteration ``loss``, ``loss_cls``, ``loss_bbox`` (sums over the 5 levels), ``lr``, ``grad_norm``
 (before clipping), ``ghmc.acc_sum`` [iters, 30] and ``ghmr.acc_sum`` [iters, 10] (GHM), the
@@ -124,6 +129,56 @@ def build_parser():
         help="both sides: linear warmup length in iterations (default: the optimizer's, 50); "
         "name the run with --tag",
     )
+    parser.add_argument(
+        "--backbone-from",
+        default=None,
+        metavar="NPZ",
+        help="both sides: start the backbone (BN statistics included) from this weights file "
+        "(mmdet names; a run's --save-weights), neck and head from the seeded init; needs --tag",
+    )
+    parser.add_argument(
+        "--perturb-init",
+        type=float,
+        default=0.0,
+        metavar="SCALE",
+        help="both sides: multiply every initial weight by 1 + SCALE * N(0, 1) (seeded): a "
+        "second run of one framework for --noise-floor; needs --tag",
+    )
+    parser.add_argument(
+        "--wrong-class",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="both sides: give each training box another class with probability P (label "
+        "noise, seeded by the data seed); needs --tag",
+    )
+    parser.add_argument(
+        "--missing-boxes",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="both sides: drop each training box with probability P (unannotated objects); "
+        "needs --tag",
+    )
+    parser.add_argument(
+        "--head-norm",
+        choices=("gn", "none"),
+        default="gn",
+        help="our side: the head towers with GroupNorm(8) (the demo's) or without (the paper's: "
+        "conv with bias), from the same conv weights; none needs --tag",
+    )
+    parser.add_argument(
+        "--save-weights",
+        action="store_true",
+        help="our side: also write the final weights, mmdet names (<run>_paddle_weights.npz), "
+        "for --backbone-from",
+    )
+    mode.add_argument(
+        "--noise-floor",
+        action="store_true",
+        help="compare two torch runs: the untagged one in --ref (default --out) and the one "
+        "named by --tag (e.g. --perturb-init 1e-6): how far one framework drifts on its own",
+    )
     parser.add_argument("--tag", default="", help="appended to the run name (ablation runs)")
     parser.add_argument("--print-every", type=int, default=50)
     parser.add_argument("--results", default=None, help="--compare: also copy JSON + PNG here")
@@ -142,8 +197,40 @@ def data_args(args) -> train_data.DataArgs:
 
 
 def load_data(args) -> dict:
+    """Both splits; the training annotations corrupted by ``--wrong-class`` / ``--missing-boxes``."""
     folder = train_data.data_dir_for(args.data_root, data_args(args))
-    return {"train": train_data.load(folder, "train"), "val": train_data.load(folder, "val")}
+    train = train_data.load(folder, "train")
+    if args.wrong_class or args.missing_boxes:
+        train = train_data.corrupt_annotations(
+            train, args.wrong_class, args.missing_boxes, args.data_seed
+        )
+        n = train["noise"]
+        print(
+            f"label noise: {n['wrong_class']} of {n['of']} training boxes relabelled, "
+            f"{n['dropped']} dropped",
+            flush=True,
+        )
+    return {"train": train, "val": train_data.load(folder, "val")}
+
+
+def check_tagged(args):
+    """Runs that change the start or the data must carry a --tag: their files would otherwise
+    overwrite the plain run's."""
+    changed = [
+        flag
+        for flag, on in (
+            ("--backbone-from", args.backbone_from),
+            ("--perturb-init", args.perturb_init),
+            ("--wrong-class", args.wrong_class),
+            ("--missing-boxes", args.missing_boxes),
+            ("--opt", args.opt),
+            ("--warmup-iters", args.warmup_iters is not None),
+            ("--head-norm none", args.head_norm == "none"),
+        )
+        if on
+    ]
+    if changed and not args.tag:
+        raise SystemExit(f"{', '.join(changed)} change the run: name it with --tag")
 
 
 def run_name(args) -> str:
@@ -174,6 +261,7 @@ def run_side(args, mutate=None) -> dict:
                 arrays = {k: f[k] for k in f.files}
         else:
             arrays = train_data.numpy_init(args.seed)
+        arrays = train_data.start_arrays(arrays, args)
         log = train_paddle.train(args, data, args.out, arrays, mutate=mutate)
     log["meta.wall_s"] = np.array([time.time() - start])
     log["meta.iters"] = np.array([args.iters])
@@ -285,6 +373,51 @@ def compare(args) -> dict:
         for path in (json_path, png):
             shutil.copy(path, args.results)
     return summary
+
+
+def noise_floor(args) -> dict:
+    """Two torch runs of one setting, the plain one against the ``--tag`` one (a perturbed start):
+    the same first-10-iteration and smoothed differences as :func:`compare`, and both APs. This
+    is how far mmdet drifts from itself, the yardstick for ours against mmdet."""
+    ref = args.ref or args.out
+    tagged = np.load(log_file(args.out, args, "torch"), allow_pickle=True).item()
+    plain_args = argparse.Namespace(**{**vars(args), "tag": ""})
+    plain = np.load(log_file(ref, plain_args, "torch"), allow_pickle=True).item()
+    n = min(len(plain["loss"]), len(tagged["loss"]))
+    out = {
+        "run": run_name(args),
+        "iters": n,
+        "first_iters_max_rel_diff": prefix_diffs(plain, tagged),
+        "smoothed_max_rel_diff": {},
+        "coco": {},
+    }
+    for key in ("loss", "loss_cls", "loss_bbox"):
+        out["smoothed_max_rel_diff"][key] = float(
+            rel_diff(smooth(tagged[key][:n]), smooth(plain[key][:n])).max()
+        )
+    ann = os.path.join(
+        train_data.data_dir_for(args.data_root, data_args(args)),
+        "coco",
+        "annotations",
+        "instances_val.json",
+    )
+    for name, folder, a in (("plain", ref, plain_args), ("tagged", args.out, args)):
+        dets = os.path.join(folder, f"{run_name(a)}_torch_dets.json")
+        if os.path.isfile(dets):
+            out["coco"][name] = coco_scores(ann, dets)
+    lines = [f"## noise floor: {run_name(plain_args)} vs {out['run']} (torch, {n} iterations)"]
+    for key, value in out["first_iters_max_rel_diff"].items():
+        sm = out["smoothed_max_rel_diff"].get(key)
+        lines.append(
+            f"{key}: first 10 it. {value:.2e}" + ("" if sm is None else f", smoothed {sm:.2e}")
+        )
+    for name, c in out["coco"].items():
+        lines.append(f"{name}: " + ", ".join(f"{k} {100 * c[k]:.1f}" for k in AP_KEYS))
+    print("\n".join(lines))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, f"{out['run']}_noise_floor.json"), "w") as f:
+        json.dump(out, f, indent=1, sort_keys=True)
+    return out
 
 
 def format_summary(s: dict) -> str:
@@ -514,6 +647,11 @@ def main(argv=None) -> int:
     if args.scores:
         score_histograms(args)
         return 0
+    if args.noise_floor:
+        if not args.tag:
+            raise SystemExit("--noise-floor compares the untagged torch run with the --tag one")
+        noise_floor(args)
+        return 0
     if args.summary:
         print(format_table_2x2(summary(args.results or RESULTS_DIR)))
         return 0
@@ -528,6 +666,9 @@ def main(argv=None) -> int:
         return 0
     if args.opt and args.side == "torch":
         raise SystemExit("--opt changes our side only (ablations); the torch side takes none")
+    if args.side == "torch" and (args.save_weights or args.head_norm != "gn"):
+        raise SystemExit("--save-weights and --head-norm are our side's; the torch side takes none")
+    check_tagged(args)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.setdefault("MKL_NUM_THREADS", str(args.threads))
     log = run_side(args)

@@ -248,6 +248,39 @@ def batch(data: dict, indices) -> dict:
     return {"images": images, "gt_boxes": boxes, "gt_labels": labels}
 
 
+def corrupt_annotations(split: dict, wrong_class: float, missing: float, seed: int = 0) -> dict:
+    """``split`` (a :func:`load` dict) with noisy annotations: the paper's outliers (Sec. 3.2).
+
+    Each gt box independently, from ``default_rng([seed, 1701])``: with probability ``missing``
+    it is dropped (an object left unannotated, trained on as background), else with probability
+    ``wrong_class`` its label becomes one of the other classes, uniformly. The same draw for every
+    run of one data set (training seed and loss do not enter), so both losses and both sides see
+    the same corrupted set. Returns a new dict (images shared) whose ``digest`` covers the noise.
+    """
+    for name, value in (("wrong_class", wrong_class), ("missing", missing)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+    num_boxes = len(split["labels"])
+    rng = np.random.default_rng([seed, 1701])
+    drop = rng.random(num_boxes) < missing
+    flip = (rng.random(num_boxes) < wrong_class) & ~drop
+    shift = rng.integers(1, NUM_CLASSES, num_boxes)  # another class: label + 1 .. C - 1, mod C
+    labels = np.where(flip, (split["labels"] + shift) % NUM_CLASSES, split["labels"])
+    keep = ~drop
+    image_of_box = np.repeat(np.arange(len(split["offsets"]) - 1), np.diff(split["offsets"]))
+    counts = np.bincount(image_of_box[keep], minlength=len(split["offsets"]) - 1)
+    out = dict(split)
+    out["boxes"] = split["boxes"][keep]
+    out["labels"] = labels[keep].astype(np.int64)
+    out["offsets"] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    noise = f"wrong_class={wrong_class!r} missing={missing!r} seed={seed}".encode()
+    out["digest"] = np.frombuffer(
+        hashlib.sha256(split["digest"].tobytes() + noise).digest(), dtype=np.uint8
+    ).copy()
+    out["noise"] = {"dropped": int(drop.sum()), "wrong_class": int(flip.sum()), "of": num_boxes}
+    return out
+
+
 # ----------------------------------------------------------------------------- initial weights
 
 
@@ -320,6 +353,70 @@ def numpy_init(seed: int) -> dict[str, np.ndarray]:
             value = np.full(shape, -math.log(99.0))
         out[name] = value.astype(np.float32)
     return out
+
+
+def with_backbone(arrays: dict[str, np.ndarray], path: str) -> dict[str, np.ndarray]:
+    """``arrays`` with every ``backbone.*`` entry (BN statistics included) taken from the weights
+    file ``path`` (mmdet names, e.g. a run's ``--save-weights`` output): a pretrained backbone
+    under a fresh neck and head, the paper's starting point at our scale."""
+    with np.load(path) as f:
+        saved = {k: f[k] for k in f.files}
+    out = dict(arrays)
+    for name, value in arrays.items():
+        if not name.startswith("backbone."):
+            continue
+        if name not in saved:
+            raise KeyError(f"{path}: no entry {name!r} (a step-13 weights file has every one)")
+        if saved[name].shape != value.shape:
+            raise ValueError(
+                f"{path}: {name!r} has shape {saved[name].shape}, the model {value.shape}"
+            )
+        out[name] = saved[name].astype(value.dtype)
+    return out
+
+
+def perturbed(arrays: dict[str, np.ndarray], scale: float, seed: int) -> dict[str, np.ndarray]:
+    """Every array times ``1 + scale * N(0, 1)`` elementwise (``default_rng([seed, 99])``, names
+    in sorted order): a start that differs from ``arrays`` by about ``scale`` relative, to measure
+    how far two runs of one framework drift apart on their own."""
+    rng = np.random.default_rng([seed, 99])
+    out = {}
+    for name in sorted(arrays):
+        value = arrays[name]
+        noise = rng.standard_normal(value.shape)
+        out[name] = (value * (1.0 + scale * noise)).astype(value.dtype)
+    return {name: out[name] for name in arrays}
+
+
+def without_head_norm(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` for the reference's head (mmdet ``RetinaHead`` without ``norm_cfg``, ours
+    ``norm_groups: 0``): the towers' GroupNorm entries dropped, a zero bias after each tower conv
+    (mmdet's init of a conv without norm: Normal(0, 0.01) weight, bias 0). The conv weights are
+    the same draws, so the run differs from the GroupNorm one by the norm only."""
+    out = {}
+    for name, value in arrays.items():
+        if name.startswith("bbox_head.") and ".gn." in name:
+            continue
+        out[name] = value
+        if name.startswith(("bbox_head.cls_convs.", "bbox_head.reg_convs.")):
+            out[name.replace(".weight", ".bias")] = np.zeros(value.shape[0], value.dtype)
+    return out
+
+
+def start_arrays(arrays: dict[str, np.ndarray], args) -> dict[str, np.ndarray]:
+    """The initial weights a run trains from: ``arrays`` (the seeded init, mmdet names) for the
+    run's head (``--head-norm none``: :func:`without_head_norm`), with its ``--backbone-from``
+    file, then its ``--perturb-init`` applied. Both sides call this, so both start from the same
+    arrays (the weights digest in the logs checks it)."""
+    if getattr(args, "head_norm", "gn") == "none":
+        arrays = without_head_norm(arrays)
+    path = getattr(args, "backbone_from", None)
+    if path:
+        arrays = with_backbone(arrays, path)
+    scale = getattr(args, "perturb_init", 0.0) or 0.0
+    if scale:
+        arrays = perturbed(arrays, scale, args.seed)
+    return arrays
 
 
 def weights_digest(state_dict: dict[str, np.ndarray]) -> np.ndarray:

@@ -112,7 +112,10 @@ def train(args, data: dict, out_dir: str, arrays: dict[str, np.ndarray], mutate=
     from align.paddle_ref import load_converted_weights
     from ppdet_ghm.builder import parse_overrides
 
-    model = build_model(args.loss, args.dtype, parse_overrides(getattr(args, "opt", [])))
+    overrides = parse_overrides(getattr(args, "opt", []))
+    if getattr(args, "head_norm", "gn") == "none":
+        overrides["GHMRetinaHead.norm_groups"] = 0
+    model = build_model(args.loss, args.dtype, overrides)
     load_converted_weights(model, arrays)  # mmdet's init, through our converter
     if mutate is not None:
         optim = mutate(model, optim)
@@ -188,6 +191,10 @@ def train(args, data: dict, out_dir: str, arrays: dict[str, np.ndarray], mutate=
     rename = mmdet_retinanet_table(18, 2, True).renames
     for name in ("backbone.layer1.0.bn1.running_var", "backbone.layer4.1.bn2.running_mean"):
         out[f"final.{name}"] = state[rename[name]].numpy().copy()
+    if getattr(args, "save_weights", False):
+        save_weights(
+            model, os.path.join(out_dir, f"{train_data.run_name_of(args)}_paddle_weights.npz")
+        )
     if args.eval:
         start = time.time()
         dets = evaluate(model, data["val"], image_size, args.dtype)
@@ -197,6 +204,26 @@ def train(args, data: dict, out_dir: str, arrays: dict[str, np.ndarray], mutate=
         with open(os.path.join(out_dir, f"{name}_paddle_dets.json"), "w") as f:
             json.dump(dets, f)
     return out
+
+
+def mmdet_state(model) -> dict[str, np.ndarray]:
+    """The model's weights under mmdet's names, float32: the converter's rename table (GroupNorm
+    head or not, as the model has it) read backwards."""
+    from ppdet_ghm.convert import mmdet_retinanet_table
+
+    own = model.state_dict()
+    head_norm = any(".cls_norms." in name for name in own)
+    rename = mmdet_retinanet_table(18, 2, head_norm).renames
+    return {src: own[dst].numpy().astype(np.float32) for src, dst in rename.items() if dst in own}
+
+
+def save_weights(model, path: str):
+    """:func:`mmdet_state` as ``.npz``, written atomically (``--backbone-from`` reads it)."""
+    from ppdet_ghm.engine.checkpoint_io import atomic_file
+
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **mmdet_state(model))
 
 
 def evaluate(model, val: dict, image_size: int, dtype: str = "float32") -> list[dict]:

@@ -201,9 +201,16 @@ def train(args, data: dict, out_dir: str) -> dict:
     optim = train_data.optim_of(args)
     model = build_model(args.loss)
     init = initial_weights(model, args.init, args.seed)
+    np.savez(os.path.join(out_dir, f"step13_init_{args.init}_s{args.seed}.npz"), **init)
+    start = train_data.start_arrays(init, args)
+    if start is not init:  # --backbone-from / --perturb-init: the seeded init, changed
+        with torch.no_grad():
+            own = model.state_dict()
+            for name, value in start.items():
+                own[name].copy_(torch.from_numpy(value))
+        init = start
     dtype = getattr(torch, args.dtype)
     model.to(dtype)
-    np.savez(os.path.join(out_dir, f"step13_init_{args.init}_s{args.seed}.npz"), **init)
     model.train()
     optimizer = build_optimizer(model, optim)
     params = [p for p in model.parameters() if p.requires_grad]
