@@ -660,9 +660,13 @@ def main(argv=None) -> int:
         ann = os.path.join(folder, "coco", "annotations", "instances_val.json")
         dets = os.path.join(args.out, f"{run_name(args)}_{args.ap}_dets.json")
         stats = coco_scores(ann, dets)
+        scores = detection_scores(ann, dets)
+        medians = "/".join(
+            f"{np.median(scores[k]):.3f}" if scores[k] else "-" for k in ("true", "false")
+        )
         print(f"{run_name(args)} ({args.ap}): " + ", ".join(
             f"{k} {100 * stats[k]:.1f}" for k in AP_KEYS
-        ))  # fmt: skip
+        ) + f"; median score of true/false detections {medians}")  # fmt: skip
         return 0
     if args.opt and args.side == "torch":
         raise SystemExit("--opt changes our side only (ablations); the torch side takes none")

@@ -192,3 +192,38 @@ def test_noise_floor_of_two_torch_logs(tmp_path, capsys):
     saved = json.loads((tmp_path / f"{name}_perturb_noise_floor.json").read_text())
     assert saved["smoothed_max_rel_diff"]["loss_cls"] == pytest.approx(0.1)
     assert "loss_cls: first 10 it. 0.00e+00, smoothed 1.00e-01" in capsys.readouterr().out
+
+
+def test_ap_of_one_side_with_the_median_scores(tmp_path, capsys):
+    """``--ap``: COCO AP of one side's detections and the median scores of true / false ones."""
+    root = tmp_path / "data"
+    ann_dir = root / train_data.DataArgs().tag() / "coco" / "annotations"
+    ann_dir.mkdir(parents=True)
+    gt = {
+        "images": [{"id": 1, "width": 64, "height": 64}, {"id": 2, "width": 64, "height": 64}],
+        "categories": [{"id": c} for c in (1, 2, 3, 4)],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 20], "area": 400,
+             "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 2, "bbox": [10, 10, 30, 30], "area": 900,
+             "iscrowd": 0},
+        ],
+    }  # fmt: skip
+    (ann_dir / "instances_val.json").write_text(json.dumps(gt))
+    dets = [
+        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 20], "score": 0.9},  # true
+        {"image_id": 1, "category_id": 2, "bbox": [0, 0, 20, 20], "score": 0.3},  # wrong class
+        {"image_id": 2, "category_id": 2, "bbox": [40, 40, 10, 10], "score": 0.5},  # misplaced
+        {"image_id": 2, "category_id": 2, "bbox": [10, 10, 30, 30], "score": 0.7},  # true
+    ]
+    out = tmp_path / "out"
+    out.mkdir()
+    name = train_data.run_name("ghm", "adamw", 0, 600)
+    (out / f"{name}_x_paddle_dets.json").write_text(json.dumps(dets))
+    argv = ["--ap", "paddle", "--out", str(out), "--data-root", str(root), "--tag", "x"]
+    assert step13_train.main(argv) == 0
+    line = capsys.readouterr().out.strip()
+    # class 1: its one gt found first, AP 1; class 2: the true box (0.7) ranks above the
+    # misplaced one (0.5), the wrong-class box is on another image without a class-2 gt: AP 1
+    assert line.startswith(f"{name}_x (paddle): AP 100.0, AP50 100.0, AP75 100.0")
+    assert line.endswith("median score of true/false detections 0.800/0.400")
