@@ -483,10 +483,15 @@ def score_histograms(args) -> dict:
     medians = {}
     bins = np.linspace(0.0, 1.0, 21)
     for row, loss in enumerate(("ghm", "focal")):
-        run = train_data.run_name(loss, args.optim, args.seed, args.iters, args.data_kind)
+        run = run_name(argparse.Namespace(**{**vars(args), "loss": loss}))
         for col, (side, label) in enumerate((("torch", "mmdet"), ("paddle", "ours"))):
-            scores = detection_scores(ann, os.path.join(args.out, f"{run}_{side}_dets.json"))
             ax = axes[row, col]
+            dets = os.path.join(args.out, f"{run}_{side}_dets.json")
+            if not os.path.isfile(dets):  # ablation runs may have one side only
+                ax.set_title(f"{loss.upper()} loss, {label}: no run")
+                ax.set_axis_off()
+                continue
+            scores = detection_scores(ann, dets)
             for kind, colour in (("true", "C2"), ("false", "C3")):
                 ax.hist(
                     scores[kind], bins=bins, color=colour, alpha=0.6, label=f"{kind} detections"
@@ -500,11 +505,12 @@ def score_histograms(args) -> dict:
             ax.set_xlabel("score")
             ax.legend()
     data = "" if args.data_kind == "shapes" else f", {args.data_kind} set"
-    fig.suptitle(f"detection scores on the val split (seed {args.seed}, {args.optim}{data})")
+    tag = f", {args.tag}" if args.tag else ""
+    fig.suptitle(f"detection scores on the val split (seed {args.seed}, {args.optim}{data}{tag})")
     fig.tight_layout()
     os.makedirs(args.results or RESULTS_DIR, exist_ok=True)
     kind = "" if args.data_kind == "shapes" else f"_{args.data_kind}"
-    name = f"step13_scores_{args.optim}_s{args.seed}{kind}.png"
+    name = f"step13_scores_{args.optim}_s{args.seed}{kind}{'_' + args.tag if args.tag else ''}.png"
     path = os.path.join(args.results or RESULTS_DIR, name)
     fig.savefig(path, dpi=80)
     plt.close(fig)
