@@ -176,9 +176,11 @@ def build_parser():
     mode.add_argument(
         "--noise-floor",
         action="store_true",
-        help="compare two torch runs: the untagged one in --ref (default --out) and the one "
-        "named by --tag (e.g. --perturb-init 1e-6): how far one framework drifts on its own",
+        help="compare two runs of one side (--floor-side): the untagged one in --ref (default "
+        "--out) and the one named by --tag (e.g. --perturb-init 1e-7): how far one framework "
+        "drifts from itself",
     )
+    parser.add_argument("--floor-side", choices=("torch", "paddle"), default="torch")
     parser.add_argument("--tag", default="", help="appended to the run name (ablation runs)")
     parser.add_argument("--print-every", type=int, default=50)
     parser.add_argument("--results", default=None, help="--compare: also copy JSON + PNG here")
@@ -288,6 +290,14 @@ def smooth(x, window: int = SMOOTH_WINDOW):
     return (c[idx] - c[lo]) / (idx - lo)
 
 
+def second_half_shift(a, b) -> float:
+    """``mean(a) / mean(b) - 1`` over the second half of the run (signed; ``b`` the reference):
+    a lasting offset between two loss curves, which the smoothed maximum does not tell from a
+    passing swing."""
+    n = min(len(a), len(b))
+    return float(np.mean(np.asarray(a[n // 2 : n])) / np.mean(np.asarray(b[n // 2 : n])) - 1.0)
+
+
 def prefix_diffs(torch_log: dict, paddle_log: dict, iters: int = PREFIX_ITERS) -> dict:
     """Max relative difference over the first ``iters`` iterations of each logged series."""
     out = {}
@@ -342,6 +352,7 @@ def compare(args) -> dict:
         "iters": n,
         "first_iters_max_rel_diff": prefix_diffs(torch_log, paddle_log),
         "smoothed_max_rel_diff": {},
+        "second_half_shift": {},
         "final_smoothed": {},
         "wall_s": {},
         "coco": {},
@@ -349,6 +360,7 @@ def compare(args) -> dict:
     for key in ("loss", "loss_cls", "loss_bbox"):
         st, sp = smooth(torch_log[key][:n]), smooth(paddle_log[key][:n])
         summary["smoothed_max_rel_diff"][key] = float(rel_diff(sp, st).max())
+        summary["second_half_shift"][key] = second_half_shift(paddle_log[key], torch_log[key])
         summary["final_smoothed"][key] = {"torch": float(st[-1]), "paddle": float(sp[-1])}
     for side, log, folder in (("torch", torch_log, ref), ("paddle", paddle_log, args.out)):
         summary["wall_s"][side] = {
@@ -376,25 +388,30 @@ def compare(args) -> dict:
 
 
 def noise_floor(args) -> dict:
-    """Two torch runs of one setting, the plain one against the ``--tag`` one (a perturbed start):
-    the same first-10-iteration and smoothed differences as :func:`compare`, and both APs. This
-    is how far mmdet drifts from itself, the yardstick for ours against mmdet."""
+    """Two runs of one side (``--floor-side``) and setting, the plain one against the ``--tag``
+    one (a perturbed start): the same first-10-iteration, smoothed and second-half differences as
+    :func:`compare`, and both APs. This is how far one framework drifts from itself, the
+    yardstick for ours against mmdet."""
     ref = args.ref or args.out
-    tagged = np.load(log_file(args.out, args, "torch"), allow_pickle=True).item()
+    side = args.floor_side
+    tagged = np.load(log_file(args.out, args, side), allow_pickle=True).item()
     plain_args = argparse.Namespace(**{**vars(args), "tag": ""})
-    plain = np.load(log_file(ref, plain_args, "torch"), allow_pickle=True).item()
+    plain = np.load(log_file(ref, plain_args, side), allow_pickle=True).item()
     n = min(len(plain["loss"]), len(tagged["loss"]))
     out = {
         "run": run_name(args),
+        "side": side,
         "iters": n,
         "first_iters_max_rel_diff": prefix_diffs(plain, tagged),
         "smoothed_max_rel_diff": {},
+        "second_half_shift": {},
         "coco": {},
     }
     for key in ("loss", "loss_cls", "loss_bbox"):
         out["smoothed_max_rel_diff"][key] = float(
             rel_diff(smooth(tagged[key][:n]), smooth(plain[key][:n])).max()
         )
+        out["second_half_shift"][key] = second_half_shift(tagged[key], plain[key])
     ann = os.path.join(
         train_data.data_dir_for(args.data_root, data_args(args)),
         "coco",
@@ -402,20 +419,21 @@ def noise_floor(args) -> dict:
         "instances_val.json",
     )
     for name, folder, a in (("plain", ref, plain_args), ("tagged", args.out, args)):
-        dets = os.path.join(folder, f"{run_name(a)}_torch_dets.json")
+        dets = os.path.join(folder, f"{run_name(a)}_{side}_dets.json")
         if os.path.isfile(dets):
             out["coco"][name] = coco_scores(ann, dets)
-    lines = [f"## noise floor: {run_name(plain_args)} vs {out['run']} (torch, {n} iterations)"]
+    lines = [f"## noise floor: {run_name(plain_args)} vs {out['run']} ({side}, {n} iterations)"]
     for key, value in out["first_iters_max_rel_diff"].items():
         sm = out["smoothed_max_rel_diff"].get(key)
-        lines.append(
-            f"{key}: first 10 it. {value:.2e}" + ("" if sm is None else f", smoothed {sm:.2e}")
-        )
+        extra = "" if sm is None else f", smoothed {sm:.2e}"
+        if key in out["second_half_shift"]:
+            extra += f", second half {100 * out['second_half_shift'][key]:+.1f} %"
+        lines.append(f"{key}: first 10 it. {value:.2e}{extra}")
     for name, c in out["coco"].items():
         lines.append(f"{name}: " + ", ".join(f"{k} {100 * c[k]:.1f}" for k in AP_KEYS))
     print("\n".join(lines))
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"{out['run']}_noise_floor.json"), "w") as f:
+    with open(os.path.join(args.out, f"{out['run']}_{side}_noise_floor.json"), "w") as f:
         json.dump(out, f, indent=1, sort_keys=True)
     return out
 
@@ -423,11 +441,14 @@ def noise_floor(args) -> dict:
 def format_summary(s: dict) -> str:
     lines = [f"## {s['run']} ({s['iters']} iterations)", ""]
     lines += ["| quantity | max rel diff, first 10 it. | smoothed (50 it.) max rel diff |"]
-    lines += ["|---|---|---|"]
+    lines[-1] += " second half, mean ours / mmdet - 1 |"
+    lines += ["|---|---|---|---|"]
     first, smoothed = s["first_iters_max_rel_diff"], s["smoothed_max_rel_diff"]
+    shift = s.get("second_half_shift", {})
     for key in first:
         sm = smoothed.get(key)
-        lines.append(f"| {key} | {first[key]:.2e} | {'' if sm is None else f'{sm:.2e}'} |")
+        sh = f"{100 * shift[key]:+.1f} %" if key in shift else ""
+        lines.append(f"| {key} | {first[key]:.2e} | {'' if sm is None else f'{sm:.2e}'} | {sh} |")
     lines += ["", "| side | AP | AP50 | AP75 | APs | APm | APl | final loss (50 it.) | train s |"]
     lines += ["|---|---|---|---|---|---|---|---|---|"]
     for side in ("torch", "paddle"):

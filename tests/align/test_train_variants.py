@@ -189,9 +189,24 @@ def test_noise_floor_of_two_torch_logs(tmp_path, capsys):
     assert out["smoothed_max_rel_diff"]["loss_cls"] == pytest.approx(0.1)
     assert out["smoothed_max_rel_diff"]["loss_bbox"] == 0.0
     assert out["coco"] == {}  # no detection files
-    saved = json.loads((tmp_path / f"{name}_perturb_noise_floor.json").read_text())
+    # second half (iterations 50-99): 10 of 50 at +10 % ... all 50 at +10 %: here 1.1 - 1
+    assert out["second_half_shift"]["loss_cls"] == pytest.approx(0.1)
+    assert out["second_half_shift"]["loss"] == 0.0  # the iteration-3 change is in the first half
+    saved = json.loads((tmp_path / f"{name}_perturb_torch_noise_floor.json").read_text())
     assert saved["smoothed_max_rel_diff"]["loss_cls"] == pytest.approx(0.1)
-    assert "loss_cls: first 10 it. 0.00e+00, smoothed 1.00e-01" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "loss_cls: first 10 it. 0.00e+00, smoothed 1.00e-01, second half +10.0 %" in printed
+    # our side: the same comparison of two Paddle logs
+    np.save(tmp_path / f"{name}_paddle.npy", plain)
+    np.save(tmp_path / f"{name}_perturb_paddle.npy", tagged)
+    args.floor_side = "paddle"
+    assert step13_train.noise_floor(args)["second_half_shift"]["loss_cls"] == pytest.approx(0.1)
+    assert (tmp_path / f"{name}_perturb_paddle_noise_floor.json").is_file()
+
+
+def test_second_half_shift_is_signed():
+    assert step13_train.second_half_shift([9.0, 9.0, 1.0, 3.0], [0.0, 0.0, 2.0, 2.0]) == 0.0
+    assert step13_train.second_half_shift([1, 1, 1.9, 1.9], [1, 1, 2, 2]) == pytest.approx(-0.05)
 
 
 def test_ap_of_one_side_with_the_median_scores(tmp_path, capsys):
