@@ -18,8 +18,8 @@ Losses: ``ghm`` (GHM-C + GHM-R) or ``focal`` (Focal + Smooth L1 / #pos). Optimiz
 
 Variants, each named by ``--tag``: ``--opt`` (our config), ``--warmup-iters``, label noise
 (``--wrong-class`` / ``--missing-boxes``), a pretrained backbone (``--backbone-from`` a weights
-file of ``--save-weights``) and a perturbed start (``--perturb-init``, compared torch against
-torch by ``--noise-floor``).
+file of ``--save-weights``), the paper's head (``--head-norm none``) and a perturbed start
+(``--perturb-init``, compared within one framework by ``--noise-floor``).
 
 Each side writes ``DIR/<run>_<side>.npy`` (reprod_log's format: ``np.save`` of a dict) with per
 iteration ``loss``, ``loss_cls``, ``loss_bbox`` (sums over the 5 levels), ``lr``, ``grad_norm``
@@ -676,7 +676,7 @@ def main(argv=None) -> int:
         return 0
     if args.noise_floor:
         if not args.tag:
-            raise SystemExit("--noise-floor compares the untagged torch run with the --tag one")
+            raise SystemExit("--noise-floor compares the untagged run with the --tag one")
         noise_floor(args)
         return 0
     if args.summary:

@@ -249,7 +249,7 @@ def batch(data: dict, indices) -> dict:
 
 
 def corrupt_annotations(split: dict, wrong_class: float, missing: float, seed: int = 0) -> dict:
-    """``split`` (a :func:`load` dict) with noisy annotations: the paper's outliers (Sec. 3.2).
+    """``split`` (a :func:`load` dict) with noisy annotations, the outliers of the paper's argument.
 
     Each gt box independently, from ``default_rng([seed, 1701])``: with probability ``missing``
     it is dropped (an object left unannotated, trained on as background), else with probability
