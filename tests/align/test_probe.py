@@ -6,18 +6,17 @@ import numpy as np
 import pytest
 
 from align import step13_probe, step13_train, train_data
+from tests.helpers.step13 import STEP13_TINY_DATA
 
-DATA = ["--num-train", "16", "--num-val", "8", "--image-size", "128", "--image-format", "png"]
+DATA = STEP13_TINY_DATA
 TORCH_PREFIX = os.path.join(
     os.path.dirname(step13_train.__file__), "logs", "step13_train_prefix_torch.npy"
 )
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("probe_data"))
-    assert step13_train.main(["--prepare", "--data-root", root, *DATA]) == 0
-    return root
+def data_root(step13_data_root):
+    return step13_data_root
 
 
 @pytest.fixture(scope="module")

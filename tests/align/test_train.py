@@ -26,19 +26,18 @@ import paddle
 import pytest
 
 from align import step13_train, train_data
+from tests.helpers.step13 import STEP13_TINY_DATA
 
 LOG = os.path.join(os.path.dirname(step13_train.__file__), "logs", "step13_train_prefix_torch.npy")
 REL = 1e-3
-DATA = ["--num-train", "16", "--num-val", "8", "--image-size", "128", "--image-format", "png"]
+DATA = STEP13_TINY_DATA
 RUN = ["--loss", "ghm", "--optim", "adamw", "--seed", "0", "--init", "numpy"]
 RUN += ["--dtype", "float64", "--no-eval", "--print-every", "0"]
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("step13_data"))
-    assert step13_train.main(["--prepare", "--data-root", root, *DATA]) == 0
-    return root
+def data_root(step13_data_root):
+    return step13_data_root
 
 
 @pytest.fixture(scope="module")
