@@ -43,13 +43,7 @@ def build_parser():
     parser.add_argument("--batches", type=int, default=100, help="batches of epoch 0 (seed 0)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--out", default="output/step13_probe")
-    parser.add_argument("--data-root", default=step13_train.DEFAULT_DATA_ROOT)
-    parser.add_argument("--data-seed", type=int, default=0)
-    parser.add_argument("--data-kind", choices=("shapes", "marks"), default="shapes")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--num-train", type=int, default=800)
-    parser.add_argument("--num-val", type=int, default=200)
-    parser.add_argument("--image-format", choices=("jpg", "png"), default="jpg")
+    step13_train.add_data_arguments(parser)
     return parser
 
 
@@ -85,10 +79,7 @@ def probe_torch(args, data: dict, arrays: dict) -> dict:
     set_deterministic(1)
     model = train_torch.build_model(args.loss)
     train_torch.float_state(model)  # the spec check
-    with torch.no_grad():
-        own = model.state_dict()
-        for name, value in arrays.items():
-            own[name].copy_(torch.from_numpy(value))
+    train_torch.load_arrays(model, arrays)
     dtype = getattr(torch, args.dtype)
     model.to(dtype).train()
     out = {}

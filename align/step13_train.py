@@ -52,6 +52,25 @@ PREFIX_ITERS = 10
 SMOOTH_WINDOW = 50
 
 
+def add_data_arguments(parser):
+    """The generated set's options (:func:`data_args`), shared with ``align.step13_probe``."""
+    parser.add_argument("--data-root", default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--num-train", type=int, default=800)
+    parser.add_argument("--num-val", type=int, default=200)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--data-seed", type=int, default=0, help="DemoDataSpec seed")
+    parser.add_argument(
+        "--data-kind",
+        choices=("shapes", "marks"),
+        default="shapes",
+        help="the generated set (DemoDataSpec.kind): the demo's shapes, or marks (other classes "
+        "and colours, mostly small objects)",
+    )
+    parser.add_argument(
+        "--image-format", choices=("jpg", "png"), default="jpg", help="png: no libjpeg in the data"
+    )
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -90,21 +109,7 @@ def build_parser():
         help="mmdet: torch's seeded init_weights() (the Paddle side reads the arrays the torch "
         "side saved in --out); numpy: align.train_data.numpy_init (same distributions, no torch)",
     )
-    parser.add_argument("--data-root", default=DEFAULT_DATA_ROOT)
-    parser.add_argument("--num-train", type=int, default=800)
-    parser.add_argument("--num-val", type=int, default=200)
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--data-seed", type=int, default=0, help="DemoDataSpec seed")
-    parser.add_argument(
-        "--data-kind",
-        choices=("shapes", "marks"),
-        default="shapes",
-        help="the generated set (DemoDataSpec.kind): the demo's shapes, or marks (other classes "
-        "and colours, mostly small objects)",
-    )
-    parser.add_argument(
-        "--image-format", choices=("jpg", "png"), default="jpg", help="png: no libjpeg in the data"
-    )
+    add_data_arguments(parser)
     parser.add_argument("--no-eval", dest="eval", action="store_false", help="skip detections")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of the side")
     parser.add_argument(

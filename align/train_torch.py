@@ -138,11 +138,18 @@ def initial_weights(model, init: str, seed: int):
         return float_state(model)
     arrays = train_data.numpy_init(seed)
     float_state(model)  # spec check
+    load_arrays(model, arrays)
+    return arrays
+
+
+def load_arrays(model, arrays: dict[str, np.ndarray]):
+    """Copy ``arrays`` (mmdet names) into the model's state, in place (cast to its dtype)."""
+    import torch
+
     with torch.no_grad():
         own = model.state_dict()
         for name, value in arrays.items():
             own[name].copy_(torch.from_numpy(value))
-    return arrays
 
 
 def data_samples(image_size: int, count: int, gt_boxes=None, gt_labels=None):
@@ -204,10 +211,7 @@ def train(args, data: dict, out_dir: str) -> dict:
     np.savez(os.path.join(out_dir, f"step13_init_{args.init}_s{args.seed}.npz"), **init)
     start = train_data.start_arrays(init, args)
     if start is not init:  # --backbone-from / --perturb-init: the seeded init, changed
-        with torch.no_grad():
-            own = model.state_dict()
-            for name, value in start.items():
-                own[name].copy_(torch.from_numpy(value))
+        load_arrays(model, start)
         init = start
     dtype = getattr(torch, args.dtype)
     model.to(dtype)
