@@ -6,7 +6,8 @@ below mmdet. This gathers, for one setting (loss, optimizer, seed, data), every 
 that differs from the plain run by its start's rounding only:
 
 * the plain float32 run (no tag),
-* its float64 twin (``--dtype float64``: the same arithmetic with ~1e-16 rounding),
+* its float64 twin (``--dtype float64``: roundings of ~1e-16, except where a framework casts to
+  float32 itself: mmdet's ``bbox2delta``),
 * perturbed starts (``--perturb-init``, runs tagged ``perturb...``), in either dtype,
 
 and reports for each run the mean loss over the second half and the final AP, per side their mean
@@ -31,6 +32,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import sys
 
 import numpy as np
@@ -217,8 +219,6 @@ def spread(args) -> dict:
     png = os.path.join(args.out, f"{base}_spread.png")
     plot(logs, png, base)
     if args.results:
-        import shutil
-
         os.makedirs(args.results, exist_ok=True)
         for path in (json_path, png):
             shutil.copy(path, args.results)
