@@ -39,7 +39,7 @@ import numpy as np
 
 from align import step13_train, train_data
 
-SIDES = ("torch", "paddle")
+SIDES, SIDE_NAMES = step13_train.SIDES, step13_train.SIDE_NAMES
 LOSS_KEYS = ("loss", "loss_cls", "loss_bbox")
 PART_THRESHOLDS = (1e-6, 1e-3, 1e-2)
 
@@ -138,7 +138,6 @@ def smoothed_pairs(logs: dict) -> dict[str, dict]:
     """Largest relative difference of the smoothed losses (:func:`step13_train.smooth`) over
     every pair of runs, grouped by the pair's sides (``mmdet/mmdet``, ``ours/ours``,
     ``ours/mmdet``, where mmdet's run is the reference): each group's pairs and their maximum."""
-    name = {"torch": "mmdet", "paddle": "ours"}
     groups: dict[str, dict] = {}
     for (sa, a), (sb, b) in itertools.combinations(
         sorted(logs, key=lambda k: (k[0] == "torch", k)), 2
@@ -146,7 +145,7 @@ def smoothed_pairs(logs: dict) -> dict[str, dict]:
         diff = step13_train.rel_diff(
             step13_train.smooth(logs[sa, a]["loss"]), step13_train.smooth(logs[sb, b]["loss"])
         ).max()
-        group = groups.setdefault(f"{name[sa]}/{name[sb]}", {"pairs": {}, "max": 0.0})
+        group = groups.setdefault(f"{SIDE_NAMES[sa]}/{SIDE_NAMES[sb]}", {"pairs": {}, "max": 0.0})
         group["pairs"][f"{a} / {b}"] = float(diff)
         group["max"] = max(group["max"], float(diff))
     return groups
@@ -158,12 +157,7 @@ def spread(args) -> dict:
     runs = find_runs(args.runs, base)
     if not runs:
         raise FileNotFoundError(f"no run of {base} in {', '.join(args.runs)}")
-    ann = os.path.join(
-        train_data.data_dir_for(args.data_root, step13_train.data_args(args)),
-        "coco",
-        "annotations",
-        "instances_val.json",
-    )
+    ann = step13_train.val_annotations(args)
     logs, digest = {}, None
     for run in runs:
         log = np.load(run["path"], allow_pickle=True).item()
@@ -230,7 +224,6 @@ def _fmt(value, spec: str, scale: float = 1.0) -> str:
 
 
 def format_spread(out: dict) -> str:
-    side_name = {"torch": "mmdet", "paddle": "ours"}
     lines = [f"## {out['setting']}: runs that differ by rounding only", ""]
     lines += [
         "| side | start | second-half mean loss | cls | bbox | AP |",
@@ -239,14 +232,14 @@ def format_spread(out: dict) -> str:
     for r in sorted(out["runs"], key=lambda r: (r["side"], r["start"])):
         h = r["second_half"]
         lines.append(
-            f"| {side_name[r['side']]} | {r['start']} | {h['loss']:.4f} | {h['loss_cls']:.4f} "
+            f"| {SIDE_NAMES[r['side']]} | {r['start']} | {h['loss']:.4f} | {h['loss_cls']:.4f} "
             f"| {h['loss_bbox']:.4f} | {_fmt(r['AP'], '.1f', 100)} |"
         )
     lines.append("")
     for side in SIDES:
         s = out["sides"][side]
         lines.append(
-            f"{side_name[side]}: {s['runs']} runs, second-half loss {_fmt(s['loss_mean'], '.4f')} "
+            f"{SIDE_NAMES[side]}: {s['runs']} runs, second-half loss {_fmt(s['loss_mean'], '.4f')} "
             f"(sd {_fmt(s['loss_sd'], '.4f')}), AP {_fmt(s['AP_mean'], '.1f', 100)} "
             f"(sd {_fmt(s['AP_sd'], '.1f', 100)})"
         )
@@ -293,7 +286,7 @@ def plot(logs: dict, path: str, title: str):
         for i, start in enumerate(starts):
             y = smoothed[side, start]
             colour = colours[side](0.45 + 0.5 * (i + 1) / (len(starts) + 1))
-            label = f"{'mmdet' if side == 'torch' else 'ours'}, {start}"
+            label = f"{SIDE_NAMES[side]}, {start}"
             axes[0].plot(100 * (y / mean - 1), color=colour, label=label)
             n = len(y)
             axes[1].plot(np.arange(n // 2, n), y[n // 2 :], color=colour, label=label)

@@ -203,6 +203,12 @@ def data_args(args) -> train_data.DataArgs:
     )
 
 
+def val_annotations(args) -> str:
+    """COCO annotation file of the val split of the run's generated set."""
+    folder = train_data.data_dir_for(args.data_root, data_args(args))
+    return os.path.join(folder, "coco", "annotations", "instances_val.json")
+
+
 def load_data(args) -> dict:
     """Both splits; the training annotations corrupted by ``--wrong-class`` / ``--missing-boxes``."""
     folder = train_data.data_dir_for(args.data_root, data_args(args))
@@ -375,9 +381,7 @@ def compare(args) -> dict:
         }
         dets = os.path.join(folder, f"{summary['run']}_{side}_dets.json")
         if os.path.isfile(dets):
-            folder_data = train_data.data_dir_for(args.data_root, data_args(args))
-            ann = os.path.join(folder_data, "coco", "annotations", "instances_val.json")
-            summary["coco"][side] = coco_scores(ann, dets)
+            summary["coco"][side] = coco_scores(val_annotations(args), dets)
     print(format_summary(summary))
     os.makedirs(args.out, exist_ok=True)
     json_path = os.path.join(args.out, f"{summary['run']}_compare.json")
@@ -417,12 +421,7 @@ def noise_floor(args) -> dict:
             rel_diff(smooth(tagged[key][:n]), smooth(plain[key][:n])).max()
         )
         out["second_half_shift"][key] = second_half_shift(tagged[key], plain[key])
-    ann = os.path.join(
-        train_data.data_dir_for(args.data_root, data_args(args)),
-        "coco",
-        "annotations",
-        "instances_val.json",
-    )
+    ann = val_annotations(args)
     for name, folder, a in (("plain", ref, plain_args), ("tagged", args.out, args)):
         dets = os.path.join(folder, f"{run_name(a)}_{side}_dets.json")
         if os.path.isfile(dets):
@@ -503,14 +502,13 @@ def score_histograms(args) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    folder = train_data.data_dir_for(args.data_root, data_args(args))
-    ann = os.path.join(folder, "coco", "annotations", "instances_val.json")
+    ann = val_annotations(args)
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
     medians = {}
     bins = np.linspace(0.0, 1.0, 21)
     for row, loss in enumerate(("ghm", "focal")):
         run = run_name(argparse.Namespace(**{**vars(args), "loss": loss}))
-        for col, (side, label) in enumerate((("torch", "mmdet"), ("paddle", "ours"))):
+        for col, (side, label) in enumerate(SIDE_NAMES.items()):
             ax = axes[row, col]
             dets = os.path.join(args.out, f"{run}_{side}_dets.json")
             if not os.path.isfile(dets):  # ablation runs may have one side only
@@ -546,6 +544,7 @@ def score_histograms(args) -> dict:
 
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 SIDES = ("torch", "paddle")
+SIDE_NAMES = {"torch": "mmdet", "paddle": "ours"}
 
 
 def summary(results: str) -> dict:
@@ -610,15 +609,14 @@ def format_table_2x2(out: dict) -> str:
     """Markdown: one row per data, loss, side and seed, then the means, spreads and gaps."""
     lines = ["| data | loss | optimizer | side | seed | " + " | ".join(AP_KEYS) + " |"]
     lines.append("|---|---|---|---|---|" + "---:|" * len(AP_KEYS))
-    label = {"torch": "mmdet", "paddle": "ours"}
     for group in out["runs"].values():
         run = f"| {group['kind']} | {group['loss']} | {group['optim']}"
         for side in SIDES:
             for seed, r in sorted(group["seeds"].items()):
                 ap = " | ".join(_ap_cell(r["coco"][side][k]) for k in AP_KEYS)
-                lines.append(f"{run} | {label[side]} | {seed} | {ap} |")
+                lines.append(f"{run} | {SIDE_NAMES[side]} | {seed} | {ap} |")
             mean = " | ".join(_ap_cell(group["mean"][side][k], bold=True) for k in AP_KEYS)
-            lines.append(f"{run} | {label[side]} | mean | {mean} |")
+            lines.append(f"{run} | {SIDE_NAMES[side]} | mean | {mean} |")
     lines.append("")
     for group in out["runs"].values():
         diffs = ", ".join(
@@ -688,8 +686,7 @@ def main(argv=None) -> int:
         print(format_table_2x2(summary(args.results or RESULTS_DIR)))
         return 0
     if args.ap:
-        folder = train_data.data_dir_for(args.data_root, data_args(args))
-        ann = os.path.join(folder, "coco", "annotations", "instances_val.json")
+        ann = val_annotations(args)
         dets = os.path.join(args.out, f"{run_name(args)}_{args.ap}_dets.json")
         stats = coco_scores(ann, dets)
         scores = detection_scores(ann, dets)
