@@ -8,11 +8,14 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps paddledet==2.6.0
+	# oneDNN 3.6 headers (0.2 MB, no library) for the oneDNN training convolutions; its `onednn`
+	# dependency is a second oneDNN library we do not use (ours link against Paddle's)
+	$(PY) -m pip install -q --no-deps onednn-devel==2025.0.1
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 

@@ -5,7 +5,9 @@ Paddle's oneDNN kernels make CPU training faster? Same model, weights, inputs an
 ``bench.bench_train_step`` (b2_512 or b1_800x1333; forward, targets + GHM losses, backward, clip,
 SGD momentum), one fresh process per mode (the oneDNN flag is process-wide):
 
-* ``dygraph``: as ``ppdet-ghm train`` runs today.
+* ``dygraph``: Paddle's own CPU convolutions (im2col + GEMM), as ``-o onednn_conv=false`` trains.
+* ``onednn-conv``: dygraph with every convolution on oneDNN (``ppdet_ghm.modeling.onednn_conv``,
+  what ``ppdet-ghm train`` does on a CPU); ``onednn-conv-3x3``: only the 3x3 / 7x7 ones.
 * ``static``: the network under ``paddle.jit.to_static(full_graph=True)`` with free N/H/W, plain
   CPU kernels; targets, losses, backward hooks and optimizer stay in dygraph.
 * ``static-onednn``: the same with ``FLAGS_use_onednn`` (PIR's kernel pass then picks oneDNN for every
@@ -35,7 +37,8 @@ import types
 from bench import driver, inputs, timing
 
 SCRIPT = "bench_static_modes"
-MODES = ("dygraph", "static", "static-onednn", "conv-onednn")
+MODES = ("dygraph", "onednn-conv", "onednn-conv-3x3", "static", "static-onednn", "conv-onednn")
+MIN_KERNEL = {"onednn-conv": 1, "onednn-conv-3x3": 3}  # dygraph + ppdet_ghm.modeling.onednn_conv
 ONEDNN_MODES = ("static-onednn", "conv-onednn")
 
 
@@ -124,6 +127,11 @@ def _train_step(model, batch, mode: str):
 
     lr = _learning_rate(batch)
     if mode == "dygraph":
+        return paddle_side.train_step(model, batch, lr)
+    if mode in MIN_KERNEL:
+        from ppdet_ghm.modeling.onednn_conv import use_onednn_convs
+
+        use_onednn_convs(model, min_kernel=MIN_KERNEL[mode])
         return paddle_side.train_step(model, batch, lr)
     if mode in ONEDNN_MODES:
         paddle.set_flags({"FLAGS_use_onednn": True})
@@ -218,7 +226,9 @@ def main(argv=None):
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # worker only
     parser.add_argument(
-        "--dnnl-profile", choices=ONEDNN_MODES, help="oneDNN primitive times of one mode instead"
+        "--dnnl-profile",
+        choices=[*MIN_KERNEL, *ONEDNN_MODES],
+        help="oneDNN primitive times of one mode instead",
     )
     args = parser.parse_args(argv)
     if args.worker:

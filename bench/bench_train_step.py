@@ -8,6 +8,11 @@ Cases: ``b2_512`` (2 images of 512x512) and ``b1_800x1333`` (one 800x1333 image)
 columns are the forward time spent inside the GHM loss calls per iteration (forward hooks on the
 loss layers) and its share of the iteration.
 
+Ours runs its convolutions on oneDNN, as ``ppdet-ghm train`` does on a CPU
+(``ppdet_ghm.modeling.onednn_conv``); with ``--paddle-convs`` (the default) a third worker per
+round runs ours with Paddle's own convolutions (``-o onednn_conv=false``), in the same rounds, and
+the table gets a row ``<case>, Paddle convs`` for it.
+
     python -m bench.bench_train_step                     # both cases, both sides, 2 threads
     python -m bench.bench_train_step --cases b2_512 --repeats 3 --sides paddle
 
@@ -20,6 +25,7 @@ import sys
 from bench import driver, flops, inputs, timing
 
 SCRIPT = "bench_train_step"
+PADDLE_CONVS = "paddle-convs"  # the variant of ours with Paddle's own convolutions
 BASE_LR = 0.01
 BASE_BATCH = 16
 
@@ -34,6 +40,10 @@ def worker(args):
     else:
         from bench import paddle_side as side
     model = side.build(args.seed)
+    if args.side == "paddle" and args.conv == "onednn":
+        from ppdet_ghm.modeling.onednn_conv import use_onednn_convs
+
+        use_onednn_convs(model)
     side.hook_ghm(model, timer)
     step = side.train_step(model, batch, lr)
     losses = []
@@ -84,6 +94,13 @@ def _throughput_cells(results, cases, threads: int, per_cycle: int | None):
 def main(argv=None):
     parser = driver.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--case", help=argparse.SUPPRESS)  # worker only
+    parser.add_argument("--conv", default="onednn", help=argparse.SUPPRESS)  # worker only
+    parser.add_argument(
+        "--paddle-convs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time ours with Paddle's own convolutions (onednn_conv: false)",
+    )
     parser.add_argument(
         "--cases", nargs="+", choices=sorted(inputs.CASES), default=["b2_512", "b1_800x1333"]
     )
@@ -101,7 +118,10 @@ def main(argv=None):
     if args.worker:
         timing.emit_result(worker(args))
         return 0
-    results = driver.drive(SCRIPT, args, args.cases)
+    variants = {}
+    if args.paddle_convs and "paddle" in args.sides:
+        variants[PADDLE_CONVS] = ("paddle", ["--conv", "paddle"])
+    results = driver.drive(SCRIPT, args, args.cases, variants=variants)
     header = [*driver.COMPARISON_HEADER, "mmdet GHM fwd ms (share)", "ours GHM fwd ms (share)"]
     header += ["conv TFLOP / step", "mmdet conv GFLOP/s (peak)", "ours conv GFLOP/s (peak)"]
     throughput = _throughput_cells(results, args.cases, args.threads, args.flops_per_cycle)
@@ -110,6 +130,11 @@ def main(argv=None):
         return _ghm_cells(case, ref, ours) + throughput(case, ref, ours)
 
     rows = driver.comparison_rows(results, args.cases, extra=extra)
+    for case in args.cases if variants else ():
+        view = {(case, "torch"): results.get((case, "torch"), {})}
+        view[(case, "paddle")] = results[(case, PADDLE_CONVS)]
+        (row,) = driver.comparison_rows(view, [case], extra=extra)
+        rows.append([f"{case}, Paddle convs", *row[1:]])
     _, peak_note = flops.cpu_peak_gflops(args.threads, args.flops_per_cycle)
     notes = [f"peak (float32 FMA, module bench.flops): {peak_note}"]
     status = driver.finish(SCRIPT, args, header, rows, results, notes=notes)

@@ -250,28 +250,31 @@ def run_worker_logged(script: str, tag: str, worker_args, threads: int) -> dict:
     return res
 
 
-def drive(script: str, args, cases, extra_worker_args=()):
+def drive(script: str, args, cases, extra_worker_args=(), variants=None):
     """Run one worker per (case, side) and round; returns ``{(case, side): merged result}``.
 
     Cases are outermost; within a case the sides alternate round after round (torch, paddle,
     torch, paddle, ...), so that on a shared machine both see the same background load. Progress
     goes to stderr; each worker gets ``--side``, ``--case``, the timing arguments and
-    ``extra_worker_args``.
+    ``extra_worker_args``. ``variants`` ({name: (side, more worker args)}) adds workers that run
+    in the same rounds after the sides; their results are keyed ``(case, name)``.
     """
+    runs = [(side, side, []) for side in args.sides]
+    runs += [(name, side, list(more)) for name, (side, more) in (variants or {}).items()]
     results = {}
     for case in cases:
-        per_side = {side: [] for side in args.sides}
+        per_run = {name: [] for name, _, _ in runs}
         for round_index in range(args.rounds):
-            for side in args.sides:
+            for name, side, more in runs:
                 worker_args = ["--side", side, "--case", case, "--warmup", args.warmup]
-                worker_args += ["--repeats", args.repeats, *extra_worker_args]
+                worker_args += ["--repeats", args.repeats, *extra_worker_args, *more]
                 if args.seed is not None:
                     worker_args += ["--seed", args.seed]
-                tag = f"[{script}] {case} / {side} round {round_index + 1}/{args.rounds}"
-                per_side[side].append(run_worker_logged(script, tag, worker_args, args.threads))
-        for side, rounds in per_side.items():
-            results[(case, side)] = merge_rounds(rounds)
-            results[(case, side)]["round_results"] = rounds
+                tag = f"[{script}] {case} / {name} round {round_index + 1}/{args.rounds}"
+                per_run[name].append(run_worker_logged(script, tag, worker_args, args.threads))
+        for name, rounds in per_run.items():
+            results[(case, name)] = merge_rounds(rounds)
+            results[(case, name)]["round_results"] = rounds
     return results
 
 

@@ -22,6 +22,8 @@ subclass it (no fork) and change only what our pipeline needs:
   resumable checkpoint (:mod:`~ppdet_ghm.engine.interrupt`), and weights files given for
   evaluation, inference or export are read without running their pickle
   (:mod:`~ppdet_ghm.engine.safe_load`).
+- **CPU convolutions.** Training on a CPU runs the model's convolutions on oneDNN
+  (:mod:`~ppdet_ghm.modeling.onednn_conv`, config key ``onednn_conv: auto|true|false``).
 - **Logs.** :func:`log_to_file` copies every ppdet and ppdet_ghm log record to a file;
   :class:`ProgressBar` draws tqdm bars for training and evaluation.
 """
@@ -48,6 +50,7 @@ from ppdet_ghm.engine.guards import NonFiniteGuard
 from ppdet_ghm.engine.interrupt import InterruptCheckpointer, signals_blocked
 from ppdet_ghm.engine.parent_death import dataloader_workers_die_with_parent
 from ppdet_ghm.engine.safe_load import ensure_safe, safe_load
+from ppdet_ghm.modeling import onednn_conv
 
 logger = logging.getLogger(__name__)
 
@@ -394,8 +397,10 @@ class GHMTrainer(Trainer):
             cfg["TrainDataset"] = checked_dataset(cfg["TrainDataset"], checks)
         with unique_name.guard(self._names):
             super().__init__(cfg, mode=mode)
+        self.onednn_convs = 0  # how many convolutions run on oneDNN (CPU training)
         if mode == "train":
             self.loader = EpochSeededLoader(self.loader, seed=data_seed)
+            self.onednn_convs = onednn_conv.for_training(self.model, cfg.get("onednn_conv", "auto"))
         self.recorder = ResultsRecorder(self)
         self.history = LossHistory(self)
         callbacks = []

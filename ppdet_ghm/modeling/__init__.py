@@ -12,6 +12,9 @@ module                 registered classes
 ``head``               ``GHMRetinaHead``: per-FPN-level losses (the reference's granularity)
 ``layers``             (not registered) ``ChannelBiasConv2D``, ``upsample_nearest``: CPU- and
                        oneDNN-friendly stand-ins with the numbers of the ops they replace
+``onednn_conv``        (not registered) ``use_onednn_convs``, ``for_training``: a model's
+                       convolutions on oneDNN for CPU training (a C++ extension built at
+                       first use)
 =====================  ==================================================================
 
 The architecture is ppdet's own ``RetinaNet`` (``backbone``, ``neck``, ``head``). The losses, GHM

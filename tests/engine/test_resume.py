@@ -25,6 +25,7 @@ def straight(tmp_path_factory):
     trainer = tasks.train(
         config, overrides=overrides, output_dir=str(root / "straight"), seed=0, threads=1
     )
+    assert trainer.onednn_convs > 0  # CPU training runs its convolutions on oneDNN by default
     return root, config, overrides, trainer.history.records
 
 

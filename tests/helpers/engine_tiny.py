@@ -21,6 +21,7 @@ epoch: 2
 snapshot_epoch: 1
 log_iter: 1
 worker_num: 0
+onednn_conv: auto  # the CPU training default (the demo config itself keeps Paddle's convolutions)
 TrainReader:
   sample_transforms:
     - Decode: {{}}
