@@ -1,11 +1,12 @@
-// oneDNN 2-D convolution for Paddle's CPU dygraph training: forward, backward-data and
-// backward-weights as three Paddle custom ops on plain NCHW float32 tensors.
+// oneDNN 2-D convolution for Paddle's CPU dygraph training, as two Paddle custom ops on plain
+// NCHW float32 tensors: the forward, and the backward (input gradient and weight / bias
+// gradients in one call).
 //
 // Paddle 3.3.1's dygraph CPU conv is im2col + GEMM; its oneDNN kernels are reached only from a
 // static graph, where the ops between convolutions fall to oneDNN's reference code. Here each
-// call is one oneDNN primitive, chosen by oneDNN for this CPU (format_tag::any: blocked layouts
-// such as nChw16c on AVX-512), with reorders from and to Paddle's plain tensors around it; the
-// gradient ops are wired in Python (ppdet_ghm/modeling/onednn_conv.py, a PyLayer). This is how
+// call runs oneDNN primitives chosen by oneDNN for this CPU (format_tag::any: blocked layouts
+// such as nChw16c on AVX-512), with reorders from and to Paddle's plain tensors around them; the
+// autograd is wired in Python (ppdet_ghm/modeling/onednn_conv.py, PyLayers). This is how
 // PyTorch's CPU convolution reaches oneDNN too (ideep: plain in, blocked inside, plain out).
 //
 // Built at first use by paddle.utils.cpp_extension against Paddle's own libdnnl.so.3 (3.6.x)
@@ -57,7 +58,7 @@ Geometry geometry(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
 
 // Deterministic primitives: the same inputs give the same bits on every call (resume, reruns).
 const dnnl::primitive_attr& attributes() {
-  static dnnl::primitive_attr attr = [] {
+  static const dnnl::primitive_attr attr = [] {
     dnnl::primitive_attr a;
     a.set_deterministic(true);
     return a;
@@ -71,19 +72,35 @@ dnnl::memory plain(const dims& d, tag layout, const float* data) {
   return {{d, dt::f32, layout}, cpu_engine(), const_cast<float*>(data)};
 }
 
+// Temporary buffers (reordered tensors, the masked gradient) from Paddle's allocator, which
+// reuses freed blocks: a fresh malloc of tens of MB per call page-faults on every call. Held until
+// the call's primitives have run.
+class Scratch {
+ public:
+  dnnl::memory make(const dnnl::memory::desc& desc) {
+    int64_t floats = static_cast<int64_t>((desc.get_size() + sizeof(float) - 1) / sizeof(float));
+    held_.push_back(paddle::empty({floats > 0 ? floats : 1}, paddle::DataType::FLOAT32,
+                                  paddle::CPUPlace()));
+    return {desc, cpu_engine(), held_.back().data<float>()};
+  }
+
+ private:
+  std::vector<paddle::Tensor> held_;
+};
+
 // `tensor` in the layout the primitive wants: itself, or a reordered copy.
 dnnl::memory to_layout(dnnl::memory tensor, const dnnl::memory::desc& wanted,
-                       dnnl::stream& stream) {
+                       dnnl::stream& stream, Scratch& scratch) {
   if (tensor.get_desc() == wanted) return tensor;
-  dnnl::memory copy(wanted, cpu_engine());
+  dnnl::memory copy = scratch.make(wanted);
   dnnl::reorder(tensor, copy).execute(stream, tensor, copy);
   return copy;
 }
 
 // Memory for a primitive's output: `target` itself when the layouts agree, else scratch that
 // `copy_back` reorders into `target`.
-dnnl::memory output_in(dnnl::memory target, const dnnl::memory::desc& wanted) {
-  return target.get_desc() == wanted ? target : dnnl::memory(wanted, cpu_engine());
+dnnl::memory output_in(dnnl::memory target, const dnnl::memory::desc& wanted, Scratch& scratch) {
+  return target.get_desc() == wanted ? target : scratch.make(wanted);
 }
 
 void copy_back(dnnl::memory result, dnnl::memory target, dnnl::stream& stream) {
@@ -121,11 +138,14 @@ std::vector<paddle::Tensor> Conv2dForward(const paddle::Tensor& x, const paddle:
   dnnl::stream stream(cpu_engine());
   auto pd = forward_desc(g, has_bias);
   dnnl::memory dst_plain = plain(g.dst, tag::nchw, out.data<float>());
-  dnnl::memory dst = output_in(dst_plain, pd.dst_desc());
+  Scratch scratch;
+  dnnl::memory dst = output_in(dst_plain, pd.dst_desc(), scratch);
   std::unordered_map<int, dnnl::memory> args{
-      {DNNL_ARG_SRC, to_layout(plain(g.src, tag::nchw, x.data<float>()), pd.src_desc(), stream)},
+      {DNNL_ARG_SRC,
+       to_layout(plain(g.src, tag::nchw, x.data<float>()), pd.src_desc(), stream, scratch)},
       {DNNL_ARG_WEIGHTS,
-       to_layout(plain(g.weights, tag::oihw, w.data<float>()), pd.weights_desc(), stream)},
+       to_layout(plain(g.weights, tag::oihw, w.data<float>()), pd.weights_desc(), stream,
+                 scratch)},
       {DNNL_ARG_DST, dst}};
   if (has_bias) {
     check_input(b, "bias");
@@ -137,71 +157,79 @@ std::vector<paddle::Tensor> Conv2dForward(const paddle::Tensor& x, const paddle:
   return {out};
 }
 
-// dy [N, O, H', W'], w [O, C, kh, kw] -> dx [N, C, H, W] (x_shape).
-std::vector<paddle::Tensor> Conv2dBackwardData(const paddle::Tensor& dy, const paddle::Tensor& w,
-                                               const std::vector<int64_t>& x_shape,
-                                               const std::vector<int>& strides,
-                                               const std::vector<int>& paddings,
-                                               const std::vector<int>& dilations) {
-  check_input(dy, "output gradient");
-  check_input(w, "weight");
-  Geometry g = geometry(x_shape, w.shape(), strides, paddings, dilations);
-  paddle::Tensor dx = paddle::empty(g.src, paddle::DataType::FLOAT32, paddle::CPUPlace());
-  dnnl::stream stream(cpu_engine());
-  dnnl::convolution_backward_data::primitive_desc pd(
-      cpu_engine(), dnnl::algorithm::convolution_direct, any_layout(g.src),
-      any_layout(g.weights), any_layout(g.dst), g.strides, g.dilation, g.padding, g.padding,
-      forward_desc(g, false), attributes());
-  dnnl::memory dsrc_plain = plain(g.src, tag::nchw, dx.data<float>());
-  dnnl::memory dsrc = output_in(dsrc_plain, pd.diff_src_desc());
-  dnnl::convolution_backward_data(pd).execute(
-      stream,
-      {{DNNL_ARG_DIFF_DST,
-        to_layout(plain(g.dst, tag::nchw, dy.data<float>()), pd.diff_dst_desc(), stream)},
-       {DNNL_ARG_WEIGHTS,
-        to_layout(plain(g.weights, tag::oihw, w.data<float>()), pd.weights_desc(), stream)},
-       {DNNL_ARG_DIFF_SRC, dsrc}});
-  copy_back(dsrc, dsrc_plain, stream);
-  stream.wait();
-  return {dx};
-}
-
-// x [N, C, H, W], dy [N, O, H', W'] -> dw [O, C, kh, kw] (w_shape), db [O] (or [1] unused).
-std::vector<paddle::Tensor> Conv2dBackwardWeights(const paddle::Tensor& x,
-                                                  const paddle::Tensor& dy,
-                                                  const std::vector<int64_t>& w_shape,
-                                                  const std::vector<int>& strides,
-                                                  const std::vector<int>& paddings,
-                                                  const std::vector<int>& dilations,
-                                                  bool has_bias) {
+// Gradients of Conv2dForward for the output gradient dy [N, O, H', W']: dx [N, C, H, W] when
+// need_input_grad, dw [O, C, kh, kw] and db [O] (when has_bias) when need_weight_grad; an output
+// not asked for is a 1-element placeholder. dy is reordered once for both primitives when they
+// want the same layout.
+std::vector<paddle::Tensor> Conv2dBackward(const paddle::Tensor& x, const paddle::Tensor& w,
+                                           const paddle::Tensor& dy,
+                                           const std::vector<int>& strides,
+                                           const std::vector<int>& paddings,
+                                           const std::vector<int>& dilations, bool has_bias,
+                                           bool need_input_grad, bool need_weight_grad) {
   check_input(x, "input");
+  check_input(w, "weight");
   check_input(dy, "output gradient");
-  Geometry g = geometry(x.shape(), w_shape, strides, paddings, dilations);
-  paddle::Tensor dw = paddle::empty(g.weights, paddle::DataType::FLOAT32, paddle::CPUPlace());
-  paddle::Tensor db = paddle::empty({has_bias ? g.bias[0] : 1}, paddle::DataType::FLOAT32,
-                                    paddle::CPUPlace());
+  Geometry g = geometry(x.shape(), w.shape(), strides, paddings, dilations);
+  auto placeholder = [] {
+    return paddle::empty({1}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  };
+  paddle::Tensor dx = need_input_grad
+      ? paddle::empty(g.src, paddle::DataType::FLOAT32, paddle::CPUPlace()) : placeholder();
+  paddle::Tensor dw = need_weight_grad
+      ? paddle::empty(g.weights, paddle::DataType::FLOAT32, paddle::CPUPlace()) : placeholder();
+  paddle::Tensor db = need_weight_grad && has_bias
+      ? paddle::empty(g.bias, paddle::DataType::FLOAT32, paddle::CPUPlace()) : placeholder();
   dnnl::stream stream(cpu_engine());
   auto hint = forward_desc(g, has_bias);
-  auto pd = has_bias ? dnnl::convolution_backward_weights::primitive_desc(
-                           cpu_engine(), dnnl::algorithm::convolution_direct, any_layout(g.src),
-                           any_layout(g.weights), any_layout(g.bias), any_layout(g.dst),
-                           g.strides, g.dilation, g.padding, g.padding, hint, attributes())
-                     : dnnl::convolution_backward_weights::primitive_desc(
-                           cpu_engine(), dnnl::algorithm::convolution_direct, any_layout(g.src),
-                           any_layout(g.weights), any_layout(g.dst), g.strides, g.dilation,
-                           g.padding, g.padding, hint, attributes());
-  dnnl::memory dw_plain = plain(g.weights, tag::oihw, dw.data<float>());
-  dnnl::memory dweights = output_in(dw_plain, pd.diff_weights_desc());
-  std::unordered_map<int, dnnl::memory> args{
-      {DNNL_ARG_SRC, to_layout(plain(g.src, tag::nchw, x.data<float>()), pd.src_desc(), stream)},
-      {DNNL_ARG_DIFF_DST,
-       to_layout(plain(g.dst, tag::nchw, dy.data<float>()), pd.diff_dst_desc(), stream)},
-      {DNNL_ARG_DIFF_WEIGHTS, dweights}};
-  if (has_bias) args[DNNL_ARG_DIFF_BIAS] = plain(g.bias, tag::a, db.data<float>());
-  dnnl::convolution_backward_weights(pd).execute(stream, args);
-  copy_back(dweights, dw_plain, stream);
+  Scratch scratch;
+  dnnl::memory ddst = plain(g.dst, tag::nchw, dy.data<float>());
+
+  dnnl::memory ddst_blocked;  // the output gradient in the last layout reordered to
+  auto ddst_in = [&](const dnnl::memory::desc& wanted) {
+    if (!ddst_blocked || ddst_blocked.get_desc() != wanted)
+      ddst_blocked = to_layout(ddst, wanted, stream, scratch);
+    return ddst_blocked;
+  };
+
+  if (need_input_grad) {
+    dnnl::convolution_backward_data::primitive_desc pd(
+        cpu_engine(), dnnl::algorithm::convolution_direct, any_layout(g.src),
+        any_layout(g.weights), any_layout(g.dst), g.strides, g.dilation, g.padding, g.padding,
+        hint, attributes());
+    dnnl::memory dsrc_plain = plain(g.src, tag::nchw, dx.data<float>());
+    dnnl::memory dsrc = output_in(dsrc_plain, pd.diff_src_desc(), scratch);
+    dnnl::convolution_backward_data(pd).execute(
+        stream,
+        {{DNNL_ARG_DIFF_DST, ddst_in(pd.diff_dst_desc())},
+         {DNNL_ARG_WEIGHTS, to_layout(plain(g.weights, tag::oihw, w.data<float>()),
+                                      pd.weights_desc(), stream, scratch)},
+         {DNNL_ARG_DIFF_SRC, dsrc}});
+    copy_back(dsrc, dsrc_plain, stream);
+  }
+  if (need_weight_grad) {
+    auto pd = has_bias ? dnnl::convolution_backward_weights::primitive_desc(
+                             cpu_engine(), dnnl::algorithm::convolution_direct,
+                             any_layout(g.src), any_layout(g.weights), any_layout(g.bias),
+                             any_layout(g.dst), g.strides, g.dilation, g.padding, g.padding,
+                             hint, attributes())
+                       : dnnl::convolution_backward_weights::primitive_desc(
+                             cpu_engine(), dnnl::algorithm::convolution_direct,
+                             any_layout(g.src), any_layout(g.weights), any_layout(g.dst),
+                             g.strides, g.dilation, g.padding, g.padding, hint, attributes());
+    dnnl::memory dw_plain = plain(g.weights, tag::oihw, dw.data<float>());
+    dnnl::memory dweights = output_in(dw_plain, pd.diff_weights_desc(), scratch);
+    std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SRC,
+         to_layout(plain(g.src, tag::nchw, x.data<float>()), pd.src_desc(), stream, scratch)},
+        {DNNL_ARG_DIFF_DST, ddst_in(pd.diff_dst_desc())},
+        {DNNL_ARG_DIFF_WEIGHTS, dweights}};
+    if (has_bias) args[DNNL_ARG_DIFF_BIAS] = plain(g.bias, tag::a, db.data<float>());
+    dnnl::convolution_backward_weights(pd).execute(stream, args);
+    copy_back(dweights, dw_plain, stream);
+  }
   stream.wait();
-  return {dw, db};
+  return {dx, dw, db};
 }
 
 PD_BUILD_OP(onednn_conv2d_forward)
@@ -211,16 +239,10 @@ PD_BUILD_OP(onednn_conv2d_forward)
             "dilations: std::vector<int>", "has_bias: bool"})
     .SetKernelFn(PD_KERNEL(Conv2dForward));
 
-PD_BUILD_OP(onednn_conv2d_backward_data)
-    .Inputs({"DY", "W"})
-    .Outputs({"DX"})
-    .Attrs({"x_shape: std::vector<int64_t>", "strides: std::vector<int>",
-            "paddings: std::vector<int>", "dilations: std::vector<int>"})
-    .SetKernelFn(PD_KERNEL(Conv2dBackwardData));
-
-PD_BUILD_OP(onednn_conv2d_backward_weights)
-    .Inputs({"X", "DY"})
-    .Outputs({"DW", "DB"})
-    .Attrs({"w_shape: std::vector<int64_t>", "strides: std::vector<int>",
-            "paddings: std::vector<int>", "dilations: std::vector<int>", "has_bias: bool"})
-    .SetKernelFn(PD_KERNEL(Conv2dBackwardWeights));
+PD_BUILD_OP(onednn_conv2d_backward)
+    .Inputs({"X", "W", "DY"})
+    .Outputs({"DX", "DW", "DB"})
+    .Attrs({"strides: std::vector<int>", "paddings: std::vector<int>",
+            "dilations: std::vector<int>", "has_bias: bool", "need_input_grad: bool",
+            "need_weight_grad: bool"})
+    .SetKernelFn(PD_KERNEL(Conv2dBackward));

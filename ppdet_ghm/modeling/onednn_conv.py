@@ -4,9 +4,9 @@ Paddle 3.3.1 runs a dygraph CPU convolution as im2col + GEMM (about 40 % of this
 our training step, where PyTorch's oneDNN convolutions reach about 60 %), and its own oneDNN
 kernels are reachable only from a static graph, which is slower again (BENCHMARKS.md, "Why we
 lose"). :func:`use_onednn_convs` switches a model's ``nn.Conv2D`` layers to
-:func:`onednn_conv2d`: one oneDNN primitive per forward, backward-data and backward-weights call
-(``onednn_conv.cc``, built at first use against Paddle's own ``libdnnl.so.3``), plain NCHW
-tensors in and out, as PyTorch's CPU convolution does. Same arithmetic up to float32 rounding
+:func:`onednn_conv2d`: oneDNN's forward, backward-data and backward-weights primitives, two
+custom ops (``onednn_conv.cc``, built at first use against Paddle's own ``libdnnl.so.3``), plain
+NCHW tensors in and out, as PyTorch's CPU convolution does. Same arithmetic up to float32 rounding
 (oneDNN sums in another order); parameters, names and checkpoints do not change.
 
 Building needs a C++ compiler and oneDNN's headers of Paddle's oneDNN version: ``make setup``
@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -135,20 +136,55 @@ def _build():
 
     with open(directory / "build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same key
-        with contextlib.redirect_stdout(sys.stderr):
-            return load(
-                name="ppdet_ghm_onednn_conv",
-                sources=[str(SOURCE)],
-                extra_include_paths=[str(include_dir)],
-                extra_cxx_cflags=["-O2"],
-                extra_ldflags=[
-                    f"-L{library.parent}",
-                    "-l:libdnnl.so.3",
-                    f"-Wl,-rpath,{library.parent}",
-                ],
-                build_directory=str(directory),
-                verbose=False,
-            )
+        if not (directory / "ppdet_ghm_onednn_conv").exists():
+            logger.info("building the oneDNN convolution ops in %s (once, ~15 s)", directory)
+        # Paddle's load() runs setup.py in a child process, whose messages (and the compiler's)
+        # go to file descriptors 1 and 2: kept in a file, shown only if the build fails
+        chatter = tempfile.TemporaryFile(mode="w+")
+        try:
+            with _output_to(chatter):
+                return load(
+                    name="ppdet_ghm_onednn_conv",
+                    sources=[str(SOURCE)],
+                    extra_include_paths=[str(include_dir)],
+                    extra_cxx_cflags=["-O2"],
+                    extra_ldflags=[
+                        f"-L{library.parent}",
+                        "-l:libdnnl.so.3",
+                        f"-Wl,-rpath,{library.parent}",
+                    ],
+                    build_directory=str(directory),
+                    verbose=False,
+                )
+        except Exception as err:
+            chatter.seek(0)
+            lines = chatter.read().splitlines()
+            errors = [line for line in lines if "error" in line.lower()][:12] or lines[-12:]
+            raise OnednnUnavailable(
+                f"building {SOURCE.name} in {directory} failed: {err}\n" + "\n".join(errors)
+            ) from err
+        finally:
+            chatter.close()
+
+
+@contextlib.contextmanager
+def _output_to(file):
+    """Send file descriptors 1 and 2 (this process's and its children's stdout and stderr) to
+    ``file`` while the block runs."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        os.dup2(file.fileno(), 1)
+        os.dup2(file.fileno(), 2)
+        with contextlib.redirect_stdout(file), contextlib.redirect_stderr(file):
+            yield
+    finally:
+        file.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
 
 
 def _pair(value, name: str) -> list[int]:
@@ -160,43 +196,45 @@ def _pair(value, name: str) -> list[int]:
     return values
 
 
+def _contiguous(t):
+    return t if t.is_contiguous() else t.contiguous()
+
+
 class _Conv2d(paddle.autograd.PyLayer):
-    """Autograd of :func:`onednn_conv2d`: the three oneDNN ops, gradients only where needed."""
+    """Autograd of :func:`onednn_conv2d`: the forward op, then one backward op that computes
+    only the gradients needed."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation):
-        ops = load_ops()
+        has_bias = bias is not None
+        b = bias if has_bias else weight  # not read without a bias
         ctx.save_for_backward(x, weight)
-        ctx.geometry = (stride, padding, dilation)
-        ctx.has_bias = bias is not None
-        ctx.bias_needs_grad = bias is not None and not bias.stop_gradient
-        b = bias if bias is not None else weight  # not read without a bias
-        return ops.onednn_conv2d_forward(x, weight, b, stride, padding, dilation, ctx.has_bias)
+        ctx.settings = (stride, padding, dilation, has_bias)
+        ctx.bias_needs_grad = has_bias and not bias.stop_gradient
+        return load_ops().onednn_conv2d_forward(x, weight, b, stride, padding, dilation, has_bias)
 
     @staticmethod
     def backward(ctx, dy):
-        ops = load_ops()
         x, weight = ctx.saved_tensor()
-        stride, padding, dilation = ctx.geometry
-        dy = dy if dy.is_contiguous() else dy.contiguous()
+        stride, padding, dilation, has_bias = ctx.settings
+        need_dx = not x.stop_gradient
+        need_dw = not weight.stop_gradient or ctx.bias_needs_grad
         dx = dw = db = None
-        if not x.stop_gradient:
-            dx = ops.onednn_conv2d_backward_data(dy, weight, x.shape, stride, padding, dilation)
-        if not weight.stop_gradient or ctx.bias_needs_grad:
-            dw, db = ops.onednn_conv2d_backward_weights(
-                x, dy, weight.shape, stride, padding, dilation, ctx.has_bias
+        if need_dx or need_dw:
+            dx, dw, db = load_ops().onednn_conv2d_backward(
+                x, weight, _contiguous(dy), stride, padding, dilation, has_bias, need_dx, need_dw
             )
-            dw = dw if not weight.stop_gradient else None
-            db = db if ctx.bias_needs_grad else None
-        return (dx, dw, db) if ctx.has_bias else (dx, dw)
+        dx = dx if need_dx else None
+        dw = dw if not weight.stop_gradient else None
+        db = db if ctx.bias_needs_grad else None
+        return (dx, dw, db) if has_bias else (dx, dw)
 
 
 def onednn_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
     """``F.conv2d`` (NCHW, groups 1, zero padding) on oneDNN: x [N, C, H, W] float32 on the
     CPU, weight [O, C, kh, kw], bias [O] or None -> [N, O, H', W']; differentiable."""
-    x = x if x.is_contiguous() else x.contiguous()
     return _Conv2d.apply(
-        x,
+        _contiguous(x),
         weight,
         bias,
         _pair(stride, "stride"),
@@ -221,10 +259,14 @@ def supports(layer: nn.Layer) -> bool:
     return True
 
 
+def _usable(x) -> bool:
+    return paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.dtype == paddle.float32
+
+
 def _onednn_forward(self, x):
     """``nn.Conv2D.forward`` on oneDNN in dygraph for float32 CPU inputs, the layer's own
     forward otherwise (traced for export, GPU, other dtypes)."""
-    if paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.dtype == paddle.float32:
+    if _usable(x):
         return onednn_conv2d(x, self.weight, self.bias, self._stride, self._padding, self._dilation)
     return type(self).forward(self, x)
 
