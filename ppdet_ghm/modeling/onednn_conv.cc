@@ -72,7 +72,7 @@ dnnl::memory plain(const dims& d, tag layout, const float* data) {
   return {{d, dt::f32, layout}, cpu_engine(), const_cast<float*>(data)};
 }
 
-// Temporary buffers (reordered tensors, the masked gradient) from Paddle's allocator, which
+// Temporary buffers (tensors reordered to oneDNN's layouts) from Paddle's allocator, which
 // reuses freed blocks: a fresh malloc of tens of MB per call page-faults on every call. Held until
 // the call's primitives have run.
 class Scratch {
