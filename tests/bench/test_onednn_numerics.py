@@ -5,8 +5,8 @@ The gradient gate is relative to the floor measured in the same process: how far
 gradients move when the image moves by one float32 rounding. Measured on a 2-core Xeon
 (AVX-512): oneDNN against Paddle 4.7e-7 / 5.1e-7 mean abs (1 / 2 threads), 1.6e-6 / 2.0e-6 with
 oneDNN and MKL capped at AVX2 (DNNL_MAX_CPU_ISA / MKL_ENABLE_INSTRUCTIONS); the floor 2.2e-6 on
-AVX-512 and 1.5e-6 on AVX2 (2 threads), so the ratio to the floor went up to 1.37 and the gate
-(``FLOOR_FACTOR``) is 3.
+AVX-512 and 1.2e-6 / 1.5e-6 on AVX2 (1 / 2 threads), so the ratio to the floor went up to 1.37
+and the gate (``FLOOR_FACTOR``) is 3.
 """
 
 import pytest
