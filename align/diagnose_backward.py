@@ -101,9 +101,7 @@ def _paddle_run(dtype):
     fpn = model.neck(feats)
     for t in fpn:
         t.retain_grads()
-    model.head.eval()  # raw outputs; the losses below are the training ones
-    cls_scores, bbox_preds = model.head(fpn)
-    model.head.train()
+    cls_scores, bbox_preds = model.head.raw_outputs(fpn)  # the losses below are the training ones
     for h in hooks:
         h.remove()
     for t in (*cls_scores, *bbox_preds):

@@ -172,27 +172,24 @@ def spread(args) -> dict:
         run["AP"] = step13_train.coco_scores(ann, run["dets"])["AP"] if run["dets"] else None
 
     out = {"setting": base, "runs": runs, "sides": {}, "pairs": {}}
+    losses = {side: [r["second_half"]["loss"] for r in runs if r["side"] == side] for side in SIDES}
+    aps = {
+        side: [r["AP"] for r in runs if r["side"] == side and r["AP"] is not None] for side in SIDES
+    }
     for side in SIDES:
-        mine = [r for r in runs if r["side"] == side]
-        losses = [r["second_half"]["loss"] for r in mine]
-        aps = [r["AP"] for r in mine if r["AP"] is not None]
         out["sides"][side] = {
-            "runs": len(mine),
-            "loss_mean": float(np.mean(losses)) if losses else None,
-            "loss_sd": float(np.std(losses, ddof=1)) if len(losses) > 1 else None,
-            "AP_mean": float(np.mean(aps)) if aps else None,
-            "AP_sd": float(np.std(aps, ddof=1)) if len(aps) > 1 else None,
+            "runs": len(losses[side]),
+            "loss_mean": float(np.mean(losses[side])) if losses[side] else None,
+            "loss_sd": float(np.std(losses[side], ddof=1)) if len(losses[side]) > 1 else None,
+            "AP_mean": float(np.mean(aps[side])) if aps[side] else None,
+            "AP_sd": float(np.std(aps[side], ddof=1)) if len(aps[side]) > 1 else None,
         }
-    ours = [r["second_half"]["loss"] for r in runs if r["side"] == "paddle"]
-    mmdet = [r["second_half"]["loss"] for r in runs if r["side"] == "torch"]
-    if ours and mmdet:
-        test = permutation_test(ours, mmdet)
-        test["relative"] = test["difference"] / float(np.mean(mmdet))
+    if losses["paddle"] and losses["torch"]:
+        test = permutation_test(losses["paddle"], losses["torch"])
+        test["relative"] = test["difference"] / float(np.mean(losses["torch"]))
         out["loss_test"] = test
-        ap_ours = [r["AP"] for r in runs if r["side"] == "paddle" and r["AP"] is not None]
-        ap_mmdet = [r["AP"] for r in runs if r["side"] == "torch" and r["AP"] is not None]
-        if ap_ours and ap_mmdet:
-            out["AP_test"] = permutation_test(ap_ours, ap_mmdet)
+        if aps["paddle"] and aps["torch"]:
+            out["AP_test"] = permutation_test(aps["paddle"], aps["torch"])
     out["smoothed_pairs"] = smoothed_pairs(logs)
     for side, start in sorted(logs):
         if side == "paddle" and ("torch", start) in logs:

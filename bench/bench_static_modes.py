@@ -64,18 +64,14 @@ def _static_network(model):
     import paddle
     from paddle.static import InputSpec
 
-    head = model.head
-
     class Network(paddle.nn.Layer):
         def __init__(self):
             super().__init__()
             self.backbone, self.neck, self.head = model.backbone, model.neck, model.head
 
         def forward(self, image):
-            feats = self.neck(self.backbone({"image": image}))
-            cls = [paddle.assign(head.retina_cls(head._tower(f, "cls"))) for f in feats]
-            reg = [paddle.assign(head.retina_reg(head._tower(f, "reg"))) for f in feats]
-            return cls, reg
+            cls, reg = self.head.raw_outputs(self.neck(self.backbone({"image": image})))
+            return [paddle.assign(t) for t in cls], [paddle.assign(t) for t in reg]
 
     spec = [InputSpec([None, 3, None, None], "float32", "image")]
     return paddle.jit.to_static(Network(), input_spec=spec, full_graph=True)

@@ -50,11 +50,8 @@ def train_step_conv_flops(model, inputs: dict) -> dict:
         if isinstance(layer, paddle.nn.Conv2D)
     ]
     model.train()
-    head = model.head
     try:
-        for feat in model.neck(model.backbone({"image": inputs["image"]})):
-            head.retina_cls(head._tower(feat, "cls"))
-            head.retina_reg(head._tower(feat, "reg"))
+        model.head.raw_outputs(model.neck(model.backbone({"image": inputs["image"]})))
     finally:
         for handle in handles:
             handle.remove()

@@ -29,11 +29,8 @@ FLOOR_FACTOR = 3.0  # measured ratios 0.22-1.37 over four kernel paths (tests/be
 
 def _iteration(model, feed):
     """Per-level (cls, reg) losses as float64 arrays and {name: grad} of one forward + backward."""
-    head = model.head
-    feats = model.neck(model.backbone(feed))
-    cls_logits = [head.retina_cls(head._tower(f, "cls")) for f in feats]
-    bbox_deltas = [head.retina_reg(head._tower(f, "reg")) for f in feats]
-    losses_cls, losses_reg = head.level_losses((cls_logits, bbox_deltas), feed)
+    head_outs = model.head.raw_outputs(model.neck(model.backbone(feed)))
+    losses_cls, losses_reg = model.head.level_losses(head_outs, feed)
     total = sum(losses_cls) + sum(losses_reg)
     total.backward()
     grads = {

@@ -186,14 +186,20 @@ class GHMRetinaHead(nn.Layer):
             eval: ``(cls_logits, bbox_deltas)``, lists of [N, A*K, H_l, W_l] and [N, A*4, H_l, W_l].
             training: dict with ``loss_cls``, ``loss_reg`` and ``loss``.
         """
-        cls_logits, bbox_deltas = [], []
-        for feat in feats:
-            cls_logits.append(self.retina_cls(self._tower(feat, "cls")))
-            bbox_deltas.append(self.retina_reg(self._tower(feat, "reg")))
+        cls_logits, bbox_deltas = self.raw_outputs(feats)
         if self.training:
             if targets is None:
                 raise ValueError("GHMRetinaHead in training mode needs the targets (input dict)")
             return self.get_loss((cls_logits, bbox_deltas), targets)
+        return cls_logits, bbox_deltas
+
+    def raw_outputs(self, feats):
+        """``(cls_logits, bbox_deltas)`` of ``feats`` (list over levels of [N, C, H_l, W_l]):
+        lists of [N, A*K, H_l, W_l] and [N, A*4, H_l, W_l], in training mode too."""
+        cls_logits, bbox_deltas = [], []
+        for feat in feats:
+            cls_logits.append(self.retina_cls(self._tower(feat, "cls")))
+            bbox_deltas.append(self.retina_reg(self._tower(feat, "reg")))
         return cls_logits, bbox_deltas
 
     def _tower(self, feat, branch: str):

@@ -29,8 +29,9 @@ class _Head(paddle.nn.Layer):
         self.retina_cls = paddle.nn.Conv2D(4, 2, 1)
         self.retina_reg = paddle.nn.Conv2D(4, 4, 1)
 
-    def _tower(self, feat, branch):
-        return getattr(self, f"{branch}_tower")(feat)
+    def raw_outputs(self, feats):
+        cls = [self.retina_cls(self.cls_tower(f)) for f in feats]
+        return cls, [self.retina_reg(self.reg_tower(f)) for f in feats]
 
 
 class _Model(paddle.nn.Layer):
