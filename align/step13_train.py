@@ -50,6 +50,7 @@ DEFAULT_DATA_ROOT = os.path.join(tempfile.gettempdir(), "ppdet_ghm_step13_data")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 PREFIX_ITERS = 10
 SMOOTH_WINDOW = 50
+LOSSES = ("ghm", "focal")
 
 
 def add_data_arguments(parser):
@@ -94,7 +95,7 @@ def build_parser():
         action="store_true",
         help="the 2 x 2 over every run compared into --results: AP by loss, side and seed",
     )
-    parser.add_argument("--loss", choices=("ghm", "focal"), default="ghm")
+    parser.add_argument("--loss", choices=LOSSES, default="ghm")
     parser.add_argument("--optim", choices=tuple(train_data.OPTIMS), default="adamw")
     parser.add_argument("--seed", type=int, default=0, help="weights and batch order seed")
     parser.add_argument("--iters", type=int, default=600)
@@ -502,15 +503,26 @@ def score_histograms(args) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs = {loss: run_name(argparse.Namespace(**{**vars(args), "loss": loss})) for loss in LOSSES}
+    panels = {  # (loss, side) -> the detections of that run
+        (loss, side): os.path.join(args.out, f"{runs[loss]}_{side}_dets.json")
+        for loss in LOSSES
+        for side in SIDE_NAMES
+    }
+    if not any(os.path.isfile(path) for path in panels.values()):
+        raise SystemExit(
+            f"--scores: no detections in {args.out} (looked for "
+            f"{', '.join(os.path.basename(p) for p in panels.values())}): train first, or pass "
+            "the --out, --seed, --optim, --data-kind and --tag of the runs"
+        )
     ann = val_annotations(args)
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
     medians = {}
     bins = np.linspace(0.0, 1.0, 21)
-    for row, loss in enumerate(("ghm", "focal")):
-        run = run_name(argparse.Namespace(**{**vars(args), "loss": loss}))
+    for row, loss in enumerate(LOSSES):
         for col, (side, label) in enumerate(SIDE_NAMES.items()):
             ax = axes[row, col]
-            dets = os.path.join(args.out, f"{run}_{side}_dets.json")
+            dets = panels[loss, side]
             if not os.path.isfile(dets):  # ablation runs may have one side only
                 ax.set_title(f"{loss.upper()} loss, {label}: no run")
                 ax.set_axis_off()
@@ -536,8 +548,10 @@ def score_histograms(args) -> dict:
     kind = "" if args.data_kind == "shapes" else f"_{args.data_kind}"
     name = f"step13_scores_{args.optim}_s{args.seed}{kind}{'_' + args.tag if args.tag else ''}.png"
     path = os.path.join(args.results or RESULTS_DIR, name)
-    fig.savefig(path, dpi=80)
+    tmp = path + ".tmp.png"  # renamed once complete: no half-written figure over the last one
+    fig.savefig(tmp, dpi=80)
     plt.close(fig)
+    os.replace(tmp, path)
     print(f"wrote {path}; median scores: " + json.dumps(medians))
     return medians
 

@@ -196,3 +196,13 @@ def test_warmup_ablation_changes_only_the_warmup_length():
     args.warmup_iters = 600
     with pytest.raises(ValueError, match="warmup-iters"):
         train_data.optim_of(args)
+
+
+def test_scores_without_detections_refuses_and_writes_nothing(tmp_path):
+    """``--scores`` on a folder with no runs names it, instead of drawing an empty figure over
+    the committed one."""
+    empty, results = tmp_path / "no_runs", tmp_path / "results"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match="no detections in .*no_runs"):
+        step13_train.main(["--scores", "--out", str(empty), "--results", str(results)])
+    assert not results.exists() or not any(results.iterdir())
