@@ -3,7 +3,8 @@
 For a change to ``ppdet_ghm/losses/ghm.py`` that must not cost speed: the module of ``--rev`` (read
 with ``git show``, loaded beside ours without registering its layers in ppdet) and ours run the
 same forward + backward on the same seeded tensors (the cases of ``bench.bench_ghm_loss``: GHM-C
-on [120000 x 80] and the five RetinaNet levels, GHM-R on [2000 x 4]), alternating call by call so
+on [120000 x 80] with labels and in mmdet's input form, the five RetinaNet levels, GHM-R on
+[2000 x 4]), alternating call by call so
 that both see the same load. Prints the median wall time of each, their ratio, and the largest
 difference of loss and gradient (0 when the arithmetic is unchanged).
 
@@ -86,13 +87,17 @@ def main(argv=None):
     import paddle
 
     import ppdet_ghm  # noqa: F401  (quiet ppdet import)
-    from bench.bench_ghm_loss import ghmc_inputs, ghmr_inputs, retina_level_sizes
+    from bench.bench_ghm_loss import ghmc_inputs, ghmr_inputs, mmdet_form, retina_level_sizes
     from ppdet_ghm.losses import ghm as ours
 
     paddle.base.core.set_num_threads(args.threads)
     theirs = load_revision(args.rev)
     rng = np.random.default_rng(0)
-    cases = [("GHM-C [120000 x 80]", ghmc_inputs(rng, 120000), "C")]
+    flat = ghmc_inputs(rng, 120000)
+    cases = [
+        ("GHM-C [120000 x 80]", flat, "C"),
+        ("GHM-C [120000 x 80], one-hot + [N, C] weights", mmdet_form(flat), "C"),
+    ]
     for name, n in zip(("P3", "P4", "P5", "P6", "P7"), retina_level_sizes(), strict=True):
         cases.append((f"GHM-C {name} [{n} x 80]", ghmc_inputs(rng, n), "C"))
     cases.append(("GHM-R [2000 x 4]", ghmr_inputs(rng), "R"))

@@ -350,12 +350,13 @@ def _row_label_weight(label_weight):
     only, like :func:`_binary_positives`."""
     if label_weight.ndim != 2 or not paddle.in_dynamic_mode():
         return label_weight
-    # a row is uniform iff its smallest and its largest weight are on the same side of 0
-    all_valid = label_weight.min(axis=1) > 0
-    any_valid = label_weight.max(axis=1) > 0
-    if bool((all_valid == any_valid).all()):
-        return label_weight[:, 0]
-    return label_weight
+    # A row is uniform iff its smallest and its largest weight are on the same side of 0. Rows
+    # whose smallest weight is > 0 are; only the others (the ignored ones, usually few) need
+    # their largest weight: one pass over the weights instead of two.
+    not_all_valid = paddle.nonzero(label_weight.min(axis=1) <= 0).flatten()
+    if not_all_valid.shape[0] and bool((paddle.gather(label_weight, not_all_valid) > 0).any()):
+        return label_weight
+    return label_weight[:, 0]
 
 
 def ghmc_loss(

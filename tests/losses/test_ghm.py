@@ -20,6 +20,7 @@ from ppdet_ghm.losses import (
     ghmr_edges,
     ghmr_loss,
 )
+from ppdet_ghm.losses import ghm as ghm_module
 from tests.helpers import REPO
 
 EPS32 = float(np.finfo(np.float32).eps)  # mmdet's weight_reduce_loss: sum / (tot + eps)
@@ -309,6 +310,28 @@ def test_ghmc_mmdet_input_form_takes_the_label_path_bit_for_bit():
     assert la == lb
     np.testing.assert_array_equal(ga, gb)
     np.testing.assert_array_equal(aa, ab)
+
+
+@pytest.mark.parametrize(
+    "rows, uniform",
+    [
+        ([[1, 1, 1], [0, 0, 0], [2, 0.5, 3], [-1, 0, -2]], True),  # valid, ignored, valid, ignored
+        ([[0, 0, 0], [0, 0, 0]], True),  # every row ignored
+        ([[1, 1, 1], [0, 1, 0]], False),  # an ignored-looking row with one valid element
+        ([[1, 1, 1], [-1, 0, 0.5]], False),
+        ([[1, 2, 3], [4, 5, 0]], False),  # the smallest weight of the last row is 0
+        (np.zeros((0, 3)), True),
+    ],
+)
+def test_row_label_weight_only_for_rows_of_one_sign(rows, uniform):
+    """[N, C] weights become [N] only when every row is wholly valid (> 0) or wholly ignored."""
+    lw = np.asarray(rows, dtype=np.float32).reshape(-1, 3)
+    out = ghm_module._row_label_weight(paddle.to_tensor(lw)).numpy()
+    if uniform:
+        assert out.shape == (lw.shape[0],)
+        np.testing.assert_array_equal(out > 0, (lw > 0).all(axis=1))
+    else:
+        np.testing.assert_array_equal(out, lw)
 
 
 @pytest.mark.parametrize("kind", ["soft", "multi_label", "empty"])
