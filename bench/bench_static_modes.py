@@ -3,7 +3,8 @@
 The question it answers: does running the network (backbone, neck, head convs) as a static graph on
 Paddle's oneDNN kernels make CPU training faster? Same model, weights, inputs and iteration as
 ``bench.bench_train_step`` (b2_512 or b1_800x1333; forward, targets + GHM losses, backward, clip,
-SGD momentum), one fresh process per mode (the oneDNN flag is process-wide):
+SGD momentum), one fresh process per mode (the oneDNN flag is process-wide), each keeping freed
+memory in glibc's heap as ``ppdet-ghm train`` does (``ppdet_ghm.engine.cpu_memory``):
 
 * ``dygraph``: Paddle's own CPU convolutions (im2col + GEMM), as ``-o onednn_conv=false`` trains.
 * ``onednn-conv``: dygraph with every convolution on oneDNN (``ppdet_ghm.modeling.onednn_conv``,
@@ -174,8 +175,10 @@ def _learning_rate(batch):
 def worker(args):
     from align.weights import DEFAULT_SEED
     from bench import paddle_side
+    from ppdet_ghm.engine.cpu_memory import keep_freed_memory
 
     timing.set_framework_threads("paddle", args.threads)
+    keep_freed_memory()  # as ppdet-ghm train on a CPU, in every mode
     batch = inputs.make_batch(args.case)
     model = paddle_side.build(DEFAULT_SEED if args.seed is None else args.seed)
     step = _train_step(model, batch, args.mode)

@@ -8,8 +8,10 @@ Cases: ``b2_512`` (2 images of 512x512) and ``b1_800x1333`` (one 800x1333 image)
 columns are the forward time spent inside the GHM loss calls per iteration (forward hooks on the
 loss layers) and its share of the iteration.
 
-Ours runs its convolutions on oneDNN, as ``ppdet-ghm train`` does on a CPU
-(``ppdet_ghm.modeling.onednn_conv``); with ``--paddle-convs`` (the default) a third worker per
+Ours runs its convolutions on oneDNN and keeps freed memory in glibc's heap for reuse, as
+``ppdet-ghm train`` does on a CPU (``ppdet_ghm.modeling.onednn_conv``,
+``ppdet_ghm.engine.cpu_memory``; ``--keep-freed-memory all`` gives mmdet's worker the same malloc
+settings, ``none`` neither side); with ``--paddle-convs`` (the default) a third worker per
 round runs ours with Paddle's own convolutions (``-o onednn_conv=false``), in the same rounds, and
 the table gets a row ``<case>, Paddle convs`` for it.
 
@@ -32,6 +34,12 @@ BASE_BATCH = 16
 
 def worker(args):
     timing.set_framework_threads(args.side, args.threads)
+    if args.keep_freed_memory == "all" or (
+        args.keep_freed_memory == "ours" and args.side == "paddle"
+    ):
+        from ppdet_ghm.engine.cpu_memory import keep_freed_memory
+
+        keep_freed_memory()
     batch = inputs.make_batch(args.case)
     lr = BASE_LR * len(batch["images"]) / BASE_BATCH
     timer = timing.SectionTimer()
@@ -102,6 +110,13 @@ def main(argv=None):
         help="also time ours with Paddle's own convolutions (onednn_conv: false)",
     )
     parser.add_argument(
+        "--keep-freed-memory",
+        choices=("ours", "all", "none"),
+        default="ours",
+        help="which workers keep freed memory in glibc's heap (ppdet_ghm.engine.cpu_memory): "
+        "ours, as ppdet-ghm train does on a CPU (default); all, mmdet's too; none",
+    )
+    parser.add_argument(
         "--cases", nargs="+", choices=sorted(inputs.CASES), default=["b2_512", "b1_800x1333"]
     )
     parser.add_argument(
@@ -121,7 +136,13 @@ def main(argv=None):
     variants = {}
     if args.paddle_convs and "paddle" in args.sides:
         variants[PADDLE_CONVS] = ("paddle", ["--conv", "paddle"])
-    results = driver.drive(SCRIPT, args, args.cases, variants=variants)
+    results = driver.drive(
+        SCRIPT,
+        args,
+        args.cases,
+        extra_worker_args=["--keep-freed-memory", args.keep_freed_memory],
+        variants=variants,
+    )
     header = [*driver.COMPARISON_HEADER, "mmdet GHM fwd ms (share)", "ours GHM fwd ms (share)"]
     header += ["conv TFLOP / step", "mmdet conv GFLOP/s (peak)", "ours conv GFLOP/s (peak)"]
     throughput = _throughput_cells(results, args.cases, args.threads, args.flops_per_cycle)

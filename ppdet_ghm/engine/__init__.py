@@ -9,6 +9,7 @@
 - :mod:`.onnx_predictor`: :class:`OnnxDetector`, ONNX Runtime on that file;
 - :mod:`.backend_agreement`: whether the two predictors give the same detections;
 - :mod:`.visualize`: drawing detections;
+- :mod:`.cpu_memory`: glibc's malloc kept from returning freed tensors (CPU tasks);
 - :mod:`.demo`: the CPU demo that ``make demo`` runs.
 """
 

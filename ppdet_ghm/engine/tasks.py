@@ -25,6 +25,7 @@ from ppdet_ghm.builder import load_config
 from ppdet_ghm.data.validation import DataChecks, decode_problem
 from ppdet_ghm.engine.checkpoint_io import atomic_file, find_latest_checkpoint
 from ppdet_ghm.engine.coco_eval import CocoBoxResults, evaluate_detections
+from ppdet_ghm.engine.cpu_memory import keep_freed_memory
 from ppdet_ghm.engine.parent_death import die_with_parent
 from ppdet_ghm.engine.safe_load import ensure_safe
 from ppdet_ghm.engine.trainer import GHMTrainer, load_model_weights, log_to_file
@@ -51,9 +52,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 def setup_runtime(cfg, threads: int | None = None, seed: int | None = None) -> str:
     """Pick the device (GPU when the config asks for it and Paddle has one, else CPU), set the
-    CPU math threads (default: the CPUs this process may use), seed Paddle/NumPy/Python when
-    ``seed`` is given, and join the distributed group under ``paddle.distributed.launch``.
-    Returns the device name."""
+    CPU math threads (default: the CPUs this process may use) and, unless the config says
+    ``keep_freed_memory: false``, keep freed CPU memory for reuse
+    (:mod:`ppdet_ghm.engine.cpu_memory`), seed Paddle/NumPy/Python when ``seed`` is given, and
+    join the distributed group under ``paddle.distributed.launch``. Returns the device name."""
     use_gpu = bool(cfg.get("use_gpu", False))
     if use_gpu and not (paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0):
         logger.info("use_gpu is set but Paddle has no GPU here: running on CPU")
@@ -64,6 +66,8 @@ def setup_runtime(cfg, threads: int | None = None, seed: int | None = None) -> s
     if not use_gpu:
         count = threads or len(os.sched_getaffinity(0))
         paddle.base.core.set_num_threads(count)
+        if _config_flag(cfg, "keep_freed_memory", default=True):
+            keep_freed_memory()
     if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
         from ppdet.engine.env import init_parallel_env
 
@@ -75,6 +79,16 @@ def setup_runtime(cfg, threads: int | None = None, seed: int | None = None) -> s
 
         set_random_seed(seed)
     return device
+
+
+def _config_flag(cfg, key: str, default: bool) -> bool:
+    """A true/false config key (YAML bool, or the strings true/false of ``-o key=value``)."""
+    value = cfg.get(key, default)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        value = value.lower() == "true"
+    if not isinstance(value, bool):
+        raise ValueError(f"config key {key}: expected true or false, got {value!r}")
+    return value
 
 
 def default_output_dir(cfg, kind: str) -> str:

@@ -45,6 +45,7 @@ from ppdet.engine import Trainer
 from ppdet.engine.callbacks import Callback, Checkpointer
 
 from ppdet_ghm.data.validation import DataChecks, checked_dataset
+from ppdet_ghm.engine import cpu_memory
 from ppdet_ghm.engine.checkpoint_io import atomic_ppdet_saves, write_meta
 from ppdet_ghm.engine.guards import NonFiniteGuard
 from ppdet_ghm.engine.interrupt import InterruptCheckpointer, signals_blocked
@@ -340,6 +341,15 @@ class ResultsRecorder(Callback):
                 self.results.update(metric.get_results())
 
 
+class FreedMemoryRelease(Callback):
+    """At the end of each training epoch, free heap pages go back to the system
+    (:func:`ppdet_ghm.engine.cpu_memory.release_freed_memory`; only where freed memory is kept)."""
+
+    def on_epoch_end(self, status):
+        if status.get("mode") == "train":
+            cpu_memory.release_freed_memory()
+
+
 class LossHistory(Callback):
     """Every training iteration's raw losses and learning rate, as a list of dicts
     ``{"epoch", "step", "iteration", "lr", "loss", "loss_cls", ...}`` (floats)."""
@@ -414,7 +424,7 @@ class GHMTrainer(Trainer):
             self.guard = NonFiniteGuard(
                 self, str(cfg.get("nonfinite", "stop")), checkpoint_dir=self.output_dir
             )
-            callbacks += [self.guard, self.interrupts]
+            callbacks += [self.guard, self.interrupts, FreedMemoryRelease(self)]
             ghm_log_interval = int(cfg.get("ghm_log_interval", 0))
             if ghm_log_interval > 0:  # per-level GHM bin counts and acc_sum
                 from ppdet_ghm.analysis.ghm_monitor import GHMMonitor

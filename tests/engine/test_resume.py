@@ -14,7 +14,7 @@ import pytest
 
 from ppdet_ghm.builder import load_config
 from ppdet_ghm.engine import tasks
-from ppdet_ghm.engine.trainer import GHMTrainer
+from ppdet_ghm.engine.trainer import FreedMemoryRelease, GHMTrainer
 from tests.helpers.engine_tiny import make_tiny
 
 
@@ -26,6 +26,7 @@ def straight(tmp_path_factory):
         config, overrides=overrides, output_dir=str(root / "straight"), seed=0, threads=1
     )
     assert trainer.onednn_convs > 0  # CPU training runs its convolutions on oneDNN by default
+    assert any(isinstance(c, FreedMemoryRelease) for c in trainer._callbacks)
     return root, config, overrides, trainer.history.records
 
 
