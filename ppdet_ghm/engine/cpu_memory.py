@@ -12,9 +12,9 @@ and keep freed memory there for the next allocation (``M_MMAP_MAX = 0``, ``M_TRI
 2 GB): from the third iteration on, no page faults. Where tensors live changes, not what is
 computed. A heap that never shrinks also keeps the holes between blocks that are still in use:
 training the demo config for 1000 iterations, the trainer's resident memory then grew by about
-60 MB per epoch (12 % in all, against 5 % with glibc's defaults), so :func:`release_freed_memory`
-(``malloc_trim``) hands every free page back at the end of each training epoch; the next
-iteration faults in what it needs once.
+60 MB per epoch (12 % after the warm-up; 4.6 % over 2000 iterations with glibc's defaults), so
+:func:`release_freed_memory` (``malloc_trim``) hands every free page back at the end of each
+training epoch; the next iteration faults in what it needs once.
 
 ``ppdet_ghm.engine.tasks.setup_runtime`` applies it on a CPU device (config key
 ``keep_freed_memory``, default true; ``-o keep_freed_memory=false`` keeps glibc's defaults).
