@@ -209,6 +209,9 @@ def merge_rounds(rounds):
     if "times_s" in merged:
         times = [t for res in rounds for t in res["times_s"]]
         cpu = [t for res in rounds for t in res.get("cpu_times_s", [])]
+        faults = [n for res in rounds for n in res.get("minor_faults", [])]
+        if faults:
+            merged.update(minor_faults=faults, median_minor_faults=statistics.median(faults))
         merged.update(
             times_s=times,
             cpu_times_s=cpu,
@@ -241,8 +244,13 @@ def run_worker_logged(script: str, tag: str, worker_args, threads: int) -> dict:
     elif "median_s" in res:
         print(
             f"{tag}: median {res['median_s'] * 1000:.0f} ms "
-            f"(CPU {res['median_cpu_s'] * 1000:.0f} ms), "
-            f"peak RSS {res['peak_rss_mib']:.0f} MiB",
+            f"(CPU {res['median_cpu_s'] * 1000:.0f} ms"
+            + (
+                f", {res['median_minor_faults']:.0f} page faults"
+                if "median_minor_faults" in res
+                else ""
+            )
+            + f"), peak RSS {res['peak_rss_mib']:.0f} MiB",
             file=sys.stderr,
         )
     else:

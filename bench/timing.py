@@ -77,6 +77,12 @@ def _cpu_seconds():
     return usage.ru_utime + usage.ru_stime
 
 
+def _minor_faults():
+    """Minor page faults of this process (all its threads) so far: pages the kernel had to map,
+    mostly fresh memory touched for the first time."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def measure(fn, warmup: int, repeats: int, after_warmup=None):
     """Call ``fn()`` ``warmup`` times untimed, then ``repeats`` times timed.
 
@@ -84,7 +90,8 @@ def measure(fn, warmup: int, repeats: int, after_warmup=None):
 
     Returns:
         dict with ``times_s`` (each timed call, seconds), ``cpu_times_s`` (the process's CPU time
-        in each, all threads), ``median_s``, ``median_cpu_s``, ``min_s``, ``max_s``,
+        in each, all threads), ``minor_faults`` (the process's minor page faults in each),
+        ``median_s``, ``median_cpu_s``, ``median_minor_faults``, ``min_s``, ``max_s``,
         ``base_rss_mib`` (resident set after the warm-up), ``phase_peak_rss_mib`` (peak during the
         warm-up and timed calls; None where the peak cannot be reset) and ``peak_rss_mib``
         (the process's peak since start).
@@ -97,18 +104,21 @@ def measure(fn, warmup: int, repeats: int, after_warmup=None):
     if after_warmup is not None:
         after_warmup()
     base = rss_mib()
-    times, cpu_times = [], []
+    times, cpu_times, faults = [], [], []
     for _ in range(repeats):
-        cpu_start = _cpu_seconds()
+        cpu_start, faults_start = _cpu_seconds(), _minor_faults()
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
         cpu_times.append(_cpu_seconds() - cpu_start)
+        faults.append(_minor_faults() - faults_start)
     return {
         "times_s": times,
         "cpu_times_s": cpu_times,
+        "minor_faults": faults,
         "median_s": statistics.median(times),
         "median_cpu_s": statistics.median(cpu_times),
+        "median_minor_faults": statistics.median(faults),
         "min_s": min(times),
         "max_s": max(times),
         "base_rss_mib": base,

@@ -5,11 +5,11 @@ block it has seen freed, at most 32 MB) with a fresh ``mmap`` and returns it wit
 it is freed, and it trims its heap whenever more than twice that threshold is free at its top.
 Paddle's CPU allocator hands tensors straight to malloc, so in training every large activation
 and gradient is memory that the kernel must fault in and zero page by page, iteration after
-iteration: one R50 RetinaNet training iteration on 2 x 512 x 512 images took 80,000-150,000 page
-faults, and an out-of-place relu of a 32 MB tensor took 16 ms where the same relu in place took
-1.5 ms (2-core Intel Xeon). :func:`keep_freed_memory` makes malloc carve every block from its heap
-and keep freed memory there for the next allocation (``M_MMAP_MAX = 0``, ``M_TRIM_THRESHOLD``
-2 GB): from the third iteration on, no page faults. Where tensors live changes, not what is
+iteration: one R50 RetinaNet training iteration on 2 x 512 x 512 images took 71,000-129,000 page
+faults (2-core Intel Xeon; BENCHMARKS.md, "Why we lose", item 7). :func:`keep_freed_memory` makes
+malloc carve every block from its heap and keep freed memory there for the next allocation
+(``M_MMAP_MAX = 0``, ``M_TRIM_THRESHOLD`` 2 GB): 1,600-5,700 page faults per iteration from the
+third on, 2-9 % less time per iteration. Where tensors live changes, not what is
 computed. A heap that never shrinks also keeps the holes between blocks that are still in use:
 training the demo config for 1000 iterations, the trainer's resident memory then grew by about
 60 MB per epoch (12 % after the warm-up; 4.6 % over 2000 iterations with glibc's defaults), so
