@@ -16,20 +16,18 @@ installs them (``pip install --no-deps onednn-devel==2025.0.1``, headers only, 0
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import fcntl
-import hashlib
 import logging
 import os
 import re
 import sys
-import tempfile
 import types
 from pathlib import Path
 
 import paddle
 import paddle.nn as nn
+
+from ppdet_ghm.modeling import cpp_ops
 
 __all__ = [
     "OnednnUnavailable",
@@ -91,14 +89,6 @@ def find_headers() -> Path:
     )
 
 
-def build_directory(key: str) -> Path:
-    """``$PPDET_GHM_CACHE`` (default ``~/.cache/ppdet_ghm``) / ``onednn_conv-<key>``."""
-    root = os.environ.get("PPDET_GHM_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "ppdet_ghm"
-    )
-    return Path(root) / f"onednn_conv-{key}"
-
-
 def load_ops():
     """The compiled ops module (built once per source / Paddle / oneDNN version and cached on
     disk; concurrent processes wait for one build). Raises OnednnUnavailable with the reason."""
@@ -127,64 +117,16 @@ def _build():
             f"{include_dir} are {'.'.join(map(str, hdr_version))}: install headers of "
             f"{lib_version[0]}.{lib_version[1]} (onednn-devel 2025.0.x has 3.6)"
         )
-    key = hashlib.sha256(
-        SOURCE.read_bytes() + f"{paddle.__version__} {lib_version} {hdr_version}".encode()
-    ).hexdigest()[:12]
-    directory = build_directory(key)
-    directory.mkdir(parents=True, exist_ok=True)
-    from paddle.utils.cpp_extension import load
-
-    with open(directory / "build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same key
-        if not (directory / "ppdet_ghm_onednn_conv").exists():
-            logger.info("building the oneDNN convolution ops in %s (once, ~15 s)", directory)
-        # Paddle's load() runs setup.py in a child process, whose messages (and the compiler's)
-        # go to file descriptors 1 and 2: kept in a file, shown only if the build fails
-        chatter = tempfile.TemporaryFile(mode="w+")
-        try:
-            with _output_to(chatter):
-                return load(
-                    name="ppdet_ghm_onednn_conv",
-                    sources=[str(SOURCE)],
-                    extra_include_paths=[str(include_dir)],
-                    extra_cxx_cflags=["-O2"],
-                    extra_ldflags=[
-                        f"-L{library.parent}",
-                        "-l:libdnnl.so.3",
-                        f"-Wl,-rpath,{library.parent}",
-                    ],
-                    build_directory=str(directory),
-                    verbose=False,
-                )
-        except Exception as err:
-            chatter.seek(0)
-            lines = chatter.read().splitlines()
-            errors = [line for line in lines if "error" in line.lower()][:12] or lines[-12:]
-            raise OnednnUnavailable(
-                f"building {SOURCE.name} in {directory} failed: {err}\n" + "\n".join(errors)
-            ) from err
-        finally:
-            chatter.close()
-
-
-@contextlib.contextmanager
-def _output_to(file):
-    """Send file descriptors 1 and 2 (this process's and its children's stdout and stderr) to
-    ``file`` while the block runs."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
     try:
-        os.dup2(file.fileno(), 1)
-        os.dup2(file.fileno(), 2)
-        with contextlib.redirect_stdout(file), contextlib.redirect_stderr(file):
-            yield
-    finally:
-        file.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        os.close(saved[0])
-        os.close(saved[1])
+        return cpp_ops.build(
+            "onednn_conv",
+            SOURCE,
+            version=f"{lib_version} {hdr_version}",
+            include_paths=[str(include_dir)],
+            ldflags=[f"-L{library.parent}", "-l:libdnnl.so.3", f"-Wl,-rpath,{library.parent}"],
+        )
+    except cpp_ops.BuildError as err:
+        raise OnednnUnavailable(str(err)) from err
 
 
 def _pair(value, name: str) -> list[int]:

@@ -1,0 +1,104 @@
+"""Building our C++ custom ops (``paddle.utils.cpp_extension``) once, cached on disk.
+
+One build per source text, Paddle version and whatever else the caller names in ``version``,
+under ``$PPDET_GHM_CACHE`` (default ``~/.cache/ppdet_ghm``) / ``<name>-<key>``; concurrent
+processes wait for one build. The compiler's output is kept back and shown only when the build
+fails (:class:`BuildError` carries its error lines).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import paddle
+
+__all__ = ["BuildError", "build", "build_directory"]
+
+logger = logging.getLogger(__name__)
+
+
+class BuildError(RuntimeError):
+    """The compiler or the loader failed (the message names the source, folder and errors)."""
+
+
+def build_directory(name: str, key: str) -> Path:
+    """``$PPDET_GHM_CACHE`` (default ``~/.cache/ppdet_ghm``) / ``<name>-<key>``."""
+    root = os.environ.get("PPDET_GHM_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "ppdet_ghm"
+    )
+    return Path(root) / f"{name}-{key}"
+
+
+def build(
+    name: str,
+    source: Path,
+    *,
+    version: str = "",
+    include_paths: list[str] = (),
+    ldflags: list[str] = (),
+):
+    """The module of custom ops ``ppdet_ghm_<name>`` compiled from ``source`` (built on first
+    use, then loaded from the cache). ``version``: what else the binary depends on (library
+    versions), part of the cache key. Raises BuildError."""
+    key = hashlib.sha256(
+        source.read_bytes() + f"{paddle.__version__} {version}".encode()
+    ).hexdigest()[:12]
+    directory = build_directory(name, key)
+    directory.mkdir(parents=True, exist_ok=True)
+    module = f"ppdet_ghm_{name}"
+    from paddle.utils.cpp_extension import load
+
+    with open(directory / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same key
+        if not (directory / module).exists():
+            logger.info("building %s in %s (once, ~15 s)", source.name, directory)
+        # Paddle's load() runs setup.py in a child process, whose messages (and the compiler's)
+        # go to file descriptors 1 and 2: kept in a file, shown only if the build fails
+        chatter = tempfile.TemporaryFile(mode="w+")
+        try:
+            with _output_to(chatter):
+                return load(
+                    name=module,
+                    sources=[str(source)],
+                    extra_include_paths=list(include_paths),
+                    extra_cxx_cflags=["-O2"],
+                    extra_ldflags=list(ldflags),
+                    build_directory=str(directory),
+                    verbose=False,
+                )
+        except Exception as err:
+            chatter.seek(0)
+            lines = chatter.read().splitlines()
+            errors = [line for line in lines if "error" in line.lower()][:12] or lines[-12:]
+            raise BuildError(
+                f"building {source.name} in {directory} failed: {err}\n" + "\n".join(errors)
+            ) from err
+        finally:
+            chatter.close()
+
+
+@contextlib.contextmanager
+def _output_to(file):
+    """Send file descriptors 1 and 2 (this process's and its children's stdout and stderr) to
+    ``file`` while the block runs."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        os.dup2(file.fileno(), 1)
+        os.dup2(file.fileno(), 2)
+        with contextlib.redirect_stdout(file), contextlib.redirect_stderr(file):
+            yield
+    finally:
+        file.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
