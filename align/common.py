@@ -1,4 +1,5 @@
-"""Shared pieces of the alignment steps: arguments, log files, tensor summaries, weight identity.
+"""Shared pieces of the alignment steps: arguments, log files, tensor summaries, weight identity,
+results written atomically.
 
 Log files are reprod_log's format (``np.save`` of a ``{name: ndarray}`` dict): the torch side writes
 them with NumPy alone (``reprod_log`` imports paddle), the Paddle side with ``ReprodLogger``; both load
@@ -6,6 +7,7 @@ with ``ReprodDiffHelper.load_info``.
 """
 
 import argparse
+import contextlib
 import hashlib
 import os
 
@@ -29,6 +31,22 @@ CHAINED = "chained."
 # per element: chained acc_sum rows allow ACC_SUM_FLIPS such elements.
 GHM_MOMENTUM = {"ghmc": 0.75, "ghmr": 0.7}
 ACC_SUM_FLIPS = 2
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: str):
+    """Yield a temporary path beside ``path`` (same extension, for writers that go by it, such as
+    ``savefig``); renamed over ``path`` when the block ends cleanly, removed when it raises: a
+    reader never finds a half-written result, and a failed write leaves the last one."""
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp{ext}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
 
 
 def acc_sum_flip_limit(key: str):

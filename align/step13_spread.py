@@ -38,6 +38,7 @@ import sys
 import numpy as np
 
 from align import step13_train, train_data
+from align.common import replaced_atomically
 
 SIDES, SIDE_NAMES = step13_train.SIDES, step13_train.SIDE_NAMES
 LOSS_KEYS = ("loss", "loss_cls", "loss_bbox")
@@ -203,10 +204,8 @@ def spread(args) -> dict:
     print(format_spread(out))
     os.makedirs(args.out, exist_ok=True)
     json_path = os.path.join(args.out, f"{base}_spread.json")
-    tmp = json_path + ".tmp"
-    with open(tmp, "w") as f:
+    with replaced_atomically(json_path) as tmp, open(tmp, "w") as f:
         json.dump(out, f, indent=1, sort_keys=True)
-    os.replace(tmp, json_path)
     png = os.path.join(args.out, f"{base}_spread.png")
     plot(logs, png, base)
     if args.results:
@@ -296,10 +295,9 @@ def plot(logs: dict, path: str, title: str):
     axes[1].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=80)
+    with replaced_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:

@@ -45,6 +45,7 @@ import time
 import numpy as np
 
 from align import train_data
+from align.common import replaced_atomically
 
 DEFAULT_DATA_ROOT = os.path.join(tempfile.gettempdir(), "ppdet_ghm_step13_data")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -548,10 +549,9 @@ def score_histograms(args) -> dict:
     kind = "" if args.data_kind == "shapes" else f"_{args.data_kind}"
     name = f"step13_scores_{args.optim}_s{args.seed}{kind}{'_' + args.tag if args.tag else ''}.png"
     path = os.path.join(args.results or RESULTS_DIR, name)
-    tmp = path + ".tmp.png"  # renamed once complete: no half-written figure over the last one
-    fig.savefig(tmp, dpi=80)
+    with replaced_atomically(path) as tmp:  # no half-written figure over the last one
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
-    os.replace(tmp, path)
     print(f"wrote {path}; median scores: " + json.dumps(medians))
     return medians
 

@@ -123,3 +123,21 @@ def test_spread_refuses_mixed_data_and_lengths(tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no run of"):
         step13_spread.spread(_args(tmp_path, empty))
+
+
+def test_results_are_replaced_atomically(tmp_path):
+    from align.common import replaced_atomically
+
+    path = tmp_path / "x_spread.json"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), replaced_atomically(str(path)) as tmp:
+        assert tmp.endswith(".tmp.json")  # the extension kept, for writers that go by it
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise RuntimeError("the writer failed")
+    assert path.read_text() == "old"  # the last result stays, no temporary left beside it
+    assert [p.name for p in tmp_path.iterdir()] == ["x_spread.json"]
+    with replaced_atomically(str(path)) as tmp, open(tmp, "w") as f:
+        f.write("new")
+    assert path.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["x_spread.json"]
