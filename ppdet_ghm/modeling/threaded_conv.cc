@@ -1,5 +1,6 @@
 // Paddle's own CPU convolution kernels (im2col + GEMM), run on two threads at once: the bits of
-// one thread, in about half the time where the math library runs one thread per call.
+// one thread; where the math library runs one thread per call, the demo's 3x3 convolutions take
+// 1.5-2x less time (1x1 and the smallest gain little: one std::thread per call costs ~60 us).
 //
 // Paddle's dygraph conv2d kernel computes each image of the batch on its own (im2col, then one
 // GEMM per image and group), and its backward computes the input gradient in one loop over the

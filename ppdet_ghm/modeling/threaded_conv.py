@@ -28,10 +28,10 @@ __all__ = [
     "ThreadedConvUnavailable",
     "for_training",
     "load_ops",
-    "threads_setting",
     "supports",
     "threaded_conv2d",
     "threaded_conv_layers",
+    "threads_setting",
     "use_threaded_convs",
 ]
 
@@ -52,8 +52,10 @@ def load_ops():
     if _ops is None:
         try:
             _ops = cpp_ops.build("threaded_conv", SOURCE)
-        except Exception as err:  # a compiler error, a missing compiler, a loader error
+        except cpp_ops.BuildError as err:  # the compiler's or the loader's message
             _ops = ThreadedConvUnavailable(str(err))
+        except Exception as err:  # no compiler, no cache folder, ...
+            _ops = ThreadedConvUnavailable(f"building {SOURCE.name} failed: {err}")
     if isinstance(_ops, ThreadedConvUnavailable):
         raise _ops
     return _ops
