@@ -21,13 +21,13 @@ import logging
 import os
 import re
 import sys
-import types
 from pathlib import Path
 
 import paddle
 import paddle.nn as nn
 
 from ppdet_ghm.modeling import cpp_ops
+from ppdet_ghm.modeling.forward_swap import swap_forward, swapped_layers
 
 __all__ = [
     "OnednnUnavailable",
@@ -218,21 +218,16 @@ def use_onednn_convs(model: nn.Layer, min_kernel: int = 1) -> int:
     (either side) on oneDNN; builds the ops first (OnednnUnavailable if they cannot be).
     Returns how many layers were switched. Parameters and state dict are untouched."""
     load_ops()
-    count = 0
-    for layer in model.sublayers(include_self=True):
-        if supports(layer) and max(layer._kernel_size) >= min_kernel:
-            layer.forward = types.MethodType(_onednn_forward, layer)
-            count += 1
-    return count
+    return swap_forward(
+        model,
+        _onednn_forward,
+        lambda layer: supports(layer) and max(layer._kernel_size) >= min_kernel,
+    )
 
 
 def onednn_conv_layers(model: nn.Layer) -> list[str]:
     """Names of ``model``'s sublayers that run on oneDNN (switched by use_onednn_convs)."""
-    return [
-        name
-        for name, layer in model.named_sublayers(include_self=True)
-        if getattr(layer.forward, "__func__", None) is _onednn_forward
-    ]
+    return swapped_layers(model, _onednn_forward)
 
 
 def for_training(model: nn.Layer, setting="auto") -> int:

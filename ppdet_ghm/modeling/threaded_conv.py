@@ -15,13 +15,13 @@ backward. Same operations on the same operands: outputs and gradients are bit-id
 from __future__ import annotations
 
 import logging
-import types
 from pathlib import Path
 
 import paddle
 import paddle.nn as nn
 
 from ppdet_ghm.modeling import cpp_ops
+from ppdet_ghm.modeling.forward_swap import swap_forward, swapped_layers
 from ppdet_ghm.modeling.layers import ChannelBiasConv2D
 
 __all__ = [
@@ -130,22 +130,12 @@ def use_threaded_convs(model: nn.Layer, threads: int = 2) -> int:
     ``threads`` threads; builds the ops first (ThreadedConvUnavailable if they cannot be).
     Returns how many layers were switched. Parameters and state dict are untouched."""
     load_ops()
-    count = 0
-    for layer in model.sublayers(include_self=True):
-        if supports(layer):
-            layer._conv_threads = threads
-            layer.forward = types.MethodType(_threaded_forward, layer)
-            count += 1
-    return count
+    return swap_forward(model, _threaded_forward, supports, _conv_threads=threads)
 
 
 def threaded_conv_layers(model: nn.Layer) -> list[str]:
     """Names of ``model``'s sublayers switched by :func:`use_threaded_convs`."""
-    return [
-        name
-        for name, layer in model.named_sublayers(include_self=True)
-        if getattr(layer.forward, "__func__", None) is _threaded_forward
-    ]
+    return swapped_layers(model, _threaded_forward)
 
 
 def threads_setting(value) -> int:

@@ -1,0 +1,40 @@
+"""Give chosen sublayers of a model another ``forward``, per instance, and find them again.
+
+How the CPU training convolutions are switched (:mod:`~ppdet_ghm.modeling.onednn_conv`,
+:mod:`~ppdet_ghm.modeling.threaded_conv`): the layer objects, their parameters, names and state
+dict stay as they are; only the bound ``forward`` of each chosen instance changes.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+
+import paddle.nn as nn
+
+__all__ = ["swap_forward", "swapped_layers"]
+
+
+def swap_forward(
+    model: nn.Layer, forward: Callable, accept: Callable[[nn.Layer], bool], **attributes
+) -> int:
+    """Bind ``forward(layer, *inputs)`` as the ``forward`` of every sublayer of ``model`` (itself
+    included) that ``accept(layer)`` admits, after setting ``attributes`` on it (what ``forward``
+    reads); returns how many layers were swapped."""
+    count = 0
+    for layer in model.sublayers(include_self=True):
+        if accept(layer):
+            for name, value in attributes.items():
+                setattr(layer, name, value)
+            layer.forward = types.MethodType(forward, layer)
+            count += 1
+    return count
+
+
+def swapped_layers(model: nn.Layer, forward: Callable) -> list[str]:
+    """Names of ``model``'s sublayers whose ``forward`` is ``forward`` (see :func:`swap_forward`)."""
+    return [
+        name
+        for name, layer in model.named_sublayers(include_self=True)
+        if getattr(layer.forward, "__func__", None) is forward
+    ]

@@ -1,0 +1,28 @@
+"""modeling.cpp_ops through both extensions: a source that does not compile is an error naming
+the source, the build folder and the compiler's message, raised as the extension's own
+"unavailable" error, and remembered (no second build in the process)."""
+
+import pytest
+
+from ppdet_ghm.modeling import onednn_conv, threaded_conv
+
+
+@pytest.mark.parametrize(
+    ("module", "unavailable"),
+    [
+        (onednn_conv, onednn_conv.OnednnUnavailable),
+        (threaded_conv, threaded_conv.ThreadedConvUnavailable),
+    ],
+    ids=["onednn_conv", "threaded_conv"],
+)
+def test_a_failed_build_names_the_compiler_error(tmp_path, monkeypatch, module, unavailable):
+    broken = tmp_path / module.SOURCE.name
+    broken.write_text('#include "paddle/extension.h"\nint broken( {\n')
+    monkeypatch.setattr(module, "SOURCE", broken)
+    monkeypatch.setattr(module, "_ops", None)
+    monkeypatch.setenv("PPDET_GHM_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(unavailable, match=f"building {broken.name} in") as err:
+        module.load_ops()
+    assert "error" in str(err.value)  # the compiler's message travels with the error
+    with pytest.raises(unavailable):  # remembered: no second build
+        module.load_ops()
