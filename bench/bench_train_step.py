@@ -8,12 +8,15 @@ Cases: ``b2_512`` (2 images of 512x512) and ``b1_800x1333`` (one 800x1333 image)
 columns are the forward time spent inside the GHM loss calls per iteration (forward hooks on the
 loss layers) and its share of the iteration.
 
-Ours runs its convolutions on oneDNN and keeps freed memory in glibc's heap for reuse, as
-``ppdet-ghm train`` does on a CPU (``ppdet_ghm.modeling.onednn_conv``,
+Ours runs its convolutions on oneDNN, each frozen BN with its ReLU (and shortcut) as one op, and
+keeps freed memory in glibc's heap for reuse, as ``ppdet-ghm train`` does on a CPU
+(``ppdet_ghm.modeling.onednn_conv``, ``ppdet_ghm.modeling.frozen_bn``,
 ``ppdet_ghm.engine.cpu_memory``; ``--keep-freed-memory all`` gives mmdet's worker the same malloc
-settings, ``none`` neither side); with ``--paddle-convs`` (the default) a third worker per
-round runs ours with Paddle's own convolutions (``-o onednn_conv=false``), in the same rounds, and
-the table gets a row ``<case>, Paddle convs`` for it.
+settings, ``none`` neither side). In the same rounds, with ``--paddle-convs`` (the default) a
+worker runs ours with Paddle's own convolutions and BN ops (``-o onednn_conv=false``), and with
+``--paddle-bn`` (the default) one runs ours with oneDNN convolutions but Paddle's BN, add and ReLU
+ops (``-o fused_frozen_bn=false``); the table gets a row ``<case>, Paddle convs`` /
+``<case>, Paddle BN ops`` for each.
 
     python -m bench.bench_train_step                     # both cases, both sides, 2 threads
     python -m bench.bench_train_step --cases b2_512 --repeats 3 --sides paddle
@@ -28,6 +31,8 @@ from bench import driver, flops, inputs, timing
 
 SCRIPT = "bench_train_step"
 PADDLE_CONVS = "paddle-convs"  # the variant of ours with Paddle's own convolutions
+PADDLE_BN = "paddle-bn"  # ... with oneDNN convolutions but Paddle's BN, add and ReLU ops
+VARIANT_LABELS = {PADDLE_CONVS: "Paddle convs", PADDLE_BN: "Paddle BN ops"}
 BASE_LR = 0.01
 BASE_BATCH = 16
 
@@ -48,10 +53,14 @@ def worker(args):
     else:
         from bench import paddle_side as side
     model = side.build(args.seed)
-    if args.side == "paddle" and args.conv == "onednn":
-        from ppdet_ghm.modeling.onednn_conv import use_onednn_convs
+    if args.side == "paddle" and args.conv in ("onednn", "onednn-paddle-bn"):
+        from ppdet_ghm.modeling.onednn_conv import TRAINING_MIN_KERNEL, use_onednn_convs
 
-        use_onednn_convs(model)
+        use_onednn_convs(model, min_kernel=TRAINING_MIN_KERNEL)
+        if args.conv == "onednn":
+            from ppdet_ghm.modeling.frozen_bn import use_fused_frozen_bn
+
+            use_fused_frozen_bn(model)
     side.hook_ghm(model, timer)
     step = side.train_step(model, batch, lr)
     losses = []
@@ -110,6 +119,12 @@ def main(argv=None):
         help="also time ours with Paddle's own convolutions (onednn_conv: false)",
     )
     parser.add_argument(
+        "--paddle-bn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time ours with Paddle's BN, add and ReLU ops (fused_frozen_bn: false)",
+    )
+    parser.add_argument(
         "--keep-freed-memory",
         choices=("ours", "all", "none"),
         default="ours",
@@ -136,6 +151,8 @@ def main(argv=None):
     variants = {}
     if args.paddle_convs and "paddle" in args.sides:
         variants[PADDLE_CONVS] = ("paddle", ["--conv", "paddle"])
+    if args.paddle_bn and "paddle" in args.sides:
+        variants[PADDLE_BN] = ("paddle", ["--conv", "onednn-paddle-bn"])
     results = driver.drive(
         SCRIPT,
         args,
@@ -151,11 +168,12 @@ def main(argv=None):
         return _ghm_cells(case, ref, ours) + throughput(case, ref, ours)
 
     rows = driver.comparison_rows(results, args.cases, extra=extra)
-    for case in args.cases if variants else ():
-        view = {(case, "torch"): results.get((case, "torch"), {})}
-        view[(case, "paddle")] = results[(case, PADDLE_CONVS)]
-        (row,) = driver.comparison_rows(view, [case], extra=extra)
-        rows.append([f"{case}, Paddle convs", *row[1:]])
+    for name in variants:
+        for case in args.cases:
+            view = {(case, "torch"): results.get((case, "torch"), {})}
+            view[(case, "paddle")] = results[(case, name)]
+            (row,) = driver.comparison_rows(view, [case], extra=extra)
+            rows.append([f"{case}, {VARIANT_LABELS[name]}", *row[1:]])
     _, peak_note = flops.cpu_peak_gflops(args.threads, args.flops_per_cycle)
     notes = [f"peak (float32 FMA, module bench.flops): {peak_note}"]
     status = driver.finish(SCRIPT, args, header, rows, results, notes=notes)

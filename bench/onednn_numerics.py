@@ -1,8 +1,10 @@
 """One training iteration with Paddle's CPU convolutions against the same with oneDNN's.
 
 Two models of ``bench.bench_train_step`` (R50-FPN RetinaNet-GHM, seeded weights, fresh GHM
-state each) take the same batch: one keeps Paddle's convolutions, the other runs them on oneDNN
-(``ppdet_ghm.modeling.onednn_conv``, what ``ppdet-ghm train`` does on a CPU). Compared: each FPN
+state each) take the same batch: one keeps Paddle's convolutions and BN ops, the other runs as
+``ppdet-ghm train`` does on a CPU: convolutions on oneDNN (``ppdet_ghm.modeling.onednn_conv``)
+and each frozen BN with its ReLU and shortcut as one op (``ppdet_ghm.modeling.frozen_bn``;
+``fused_bn=False`` leaves Paddle's BN ops). Compared: each FPN
 level's GHM-C and GHM-R loss (relative difference) and every trained parameter's gradient (mean
 and largest absolute difference over all elements). A third model, Paddle's convolutions on the
 image moved by one float32 rounding, measures how far one rounding moves the gradients anyway
@@ -42,13 +44,15 @@ def _iteration(model, feed):
     return level, grads
 
 
-def compare(case: str = "b2_512", seed: int | None = None) -> dict:
-    """Differences of one iteration, Paddle convs against oneDNN convs (see the module doc)."""
+def compare(case: str = "b2_512", seed: int | None = None, fused_bn: bool = True) -> dict:
+    """Differences of one iteration, Paddle's ops against oneDNN convs and, with ``fused_bn``,
+    the fused frozen BN (see the module doc)."""
     import paddle
 
     from align.weights import DEFAULT_SEED
     from bench import paddle_side
-    from ppdet_ghm.modeling.onednn_conv import use_onednn_convs
+    from ppdet_ghm.modeling.frozen_bn import use_fused_frozen_bn
+    from ppdet_ghm.modeling.onednn_conv import TRAINING_MIN_KERNEL, use_onednn_convs
 
     seed = DEFAULT_SEED if seed is None else seed
     feed = paddle_side.input_dict(inputs.make_batch(case), with_gt=True)
@@ -57,11 +61,13 @@ def compare(case: str = "b2_512", seed: int | None = None) -> dict:
     sign = np.random.default_rng(0).choice([-1.0, 1.0], size=feed["image"].shape)
     image = feed["image"].numpy()
     rounded = (image * (1 + sign * 2.0**-24)).astype(np.float32)
-    results = []
+    results, fused = [], 0
     for onednn, picture in ((False, image), (True, image), (False, rounded)):
         model = paddle_side.build(seed)
         model.train()
-        switched = use_onednn_convs(model) if onednn else 0
+        switched = use_onednn_convs(model, min_kernel=TRAINING_MIN_KERNEL) if onednn else 0
+        if onednn and fused_bn:
+            fused = use_fused_frozen_bn(model)
         run_feed = {**feed, "image": paddle.to_tensor(picture)}
         results.append((*_iteration(model, run_feed), switched))
     (paddle_levels, paddle_grads, _), (onednn_levels, onednn_grads, switched) = results[:2]
@@ -82,6 +88,7 @@ def compare(case: str = "b2_512", seed: int | None = None) -> dict:
     return {
         "case": case,
         "convs_on_onednn": switched,
+        "fused_frozen_bn": fused,
         "loss_cls": paddle_levels[0].tolist(),
         "loss_reg": paddle_levels[1].tolist(),
         "loss_cls_rel_diff": rel[0].tolist(),
@@ -110,7 +117,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     timing.set_framework_threads("paddle", args.threads)
     res = compare(args.case, args.seed)
-    print(f"{res['case']}: {res['convs_on_onednn']} convolutions on oneDNN, {args.threads} threads")
+    print(
+        f"{res['case']}: {res['convs_on_onednn']} convolutions on oneDNN, "
+        f"{res['fused_frozen_bn']} frozen BNs fused, {args.threads} threads"
+    )
     print("| level | GHM-C loss | rel diff | GHM-R loss | rel diff |")
     print("|---|---:|---:|---:|---:|")
     for i, cells in enumerate(

@@ -22,10 +22,13 @@ subclass it (no fork) and change only what our pipeline needs:
   resumable checkpoint (:mod:`~ppdet_ghm.engine.interrupt`), and weights files given for
   evaluation, inference or export are read without running their pickle
   (:mod:`~ppdet_ghm.engine.safe_load`).
-- **CPU convolutions.** Training on a CPU runs the model's convolutions on oneDNN
-  (:mod:`~ppdet_ghm.modeling.onednn_conv`, config key ``onednn_conv: auto|true|false``);
+- **CPU convolutions.** Training on a CPU runs the model's convolutions larger than 1x1 on
+  oneDNN (:mod:`~ppdet_ghm.modeling.onednn_conv`, config key ``onednn_conv: auto|true|false``);
   where they stay on Paddle's kernels, ``paddle_conv_threads: 2`` runs those kernels on two
-  threads with the same bits (:mod:`~ppdet_ghm.modeling.threaded_conv`).
+  threads with the same bits (:mod:`~ppdet_ghm.modeling.threaded_conv`). Beside the oneDNN
+  convolutions, each frozen-statistics BatchNorm of the ResNet runs with its ReLU (and the
+  block's shortcut addition) as one op on all math threads (:mod:`~ppdet_ghm.modeling.frozen_bn`,
+  config key ``fused_frozen_bn: auto|true|false``).
 - **Logs.** :func:`log_to_file` copies every ppdet and ppdet_ghm log record to a file;
   :class:`ProgressBar` draws tqdm bars for training and evaluation.
 """
@@ -53,7 +56,7 @@ from ppdet_ghm.engine.guards import NonFiniteGuard
 from ppdet_ghm.engine.interrupt import InterruptCheckpointer, signals_blocked
 from ppdet_ghm.engine.parent_death import dataloader_workers_die_with_parent
 from ppdet_ghm.engine.safe_load import ensure_safe, safe_load
-from ppdet_ghm.modeling import onednn_conv, threaded_conv
+from ppdet_ghm.modeling import frozen_bn, onednn_conv, threaded_conv
 
 logger = logging.getLogger(__name__)
 
@@ -411,12 +414,16 @@ class GHMTrainer(Trainer):
             super().__init__(cfg, mode=mode)
         self.onednn_convs = 0  # how many convolutions run on oneDNN (CPU training)
         self.threaded_convs = 0  # how many run Paddle's kernels on two threads (CPU training)
+        self.fused_norms = 0  # frozen BatchNorms (+ ReLU, + shortcut) run as one op each
         if mode == "train":
             self.loader = EpochSeededLoader(self.loader, seed=data_seed)
             self.onednn_convs = onednn_conv.for_training(self.model, cfg.get("onednn_conv", "auto"))
             conv_threads = threaded_conv.threads_setting(cfg.get("paddle_conv_threads", 1))
             if not self.onednn_convs:  # the convolutions Paddle's kernels keep
                 self.threaded_convs = threaded_conv.for_training(self.model, conv_threads)
+            self.fused_norms = frozen_bn.for_training(
+                self.model, cfg.get("fused_frozen_bn", "auto"), self.onednn_convs
+            )
         self.recorder = ResultsRecorder(self)
         self.history = LossHistory(self)
         callbacks = []

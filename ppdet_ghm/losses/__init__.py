@@ -2,7 +2,9 @@
 
 - :mod:`.ghm`: ``GHMCLoss`` / ``GHMRLoss`` (the paper's) and the binning and weights they share;
 - :mod:`.baseline`: ``SigmoidFocalLoss`` / ``BetaSmoothL1Loss``, the Focal + Smooth-L1 baseline
-  the paper compares against.
+  the paper compares against;
+- :mod:`.threaded_ops`: the GHM-C loss's per-element work (sigmoid, softplus, bin counts, weight
+  lookup) on all math threads, with the numbers of Paddle's one-thread ops.
 """
 
 from ppdet_ghm.losses.baseline import (

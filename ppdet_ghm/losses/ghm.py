@@ -18,7 +18,9 @@ Semantics are those of the reference (mmdet ``ghm_loss.py``, from the authors' G
   normalises by ``tot`` itself, once per call (the reference calls it once per FPN level).
 
 Unlike the reference the binning is one vectorised pass with no host synchronisation (it runs
-under ``paddle.jit.to_static``), and with ``sync_stats`` the histogram is shared by all ranks.
+under ``paddle.jit.to_static``), and with ``sync_stats`` the histogram is shared by all ranks. On
+a CPU the per-element work of large levels (sigmoid, softplus, bin counts, weight lookup) runs on
+all math threads with the numbers of Paddle's one-thread ops (:mod:`~ppdet_ghm.losses.threaded_ops`).
 """
 
 import functools
@@ -30,6 +32,8 @@ import paddle.nn.functional as F
 from paddle import nn
 from paddle.autograd import PyLayer
 from ppdet.core.workspace import register, serializable
+
+from ppdet_ghm.losses import threaded_ops
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +148,7 @@ def _label_bins_and_gradient(logits, positives, edges):
         (Tensor, Tensor, float): int32 bins, ``(s - t) * k`` and ``k`` (1.0 where the bins need
         the comparison path); :class:`_HarmonizedBCE` divides ``k`` out of the gradient.
     """
-    prob = F.sigmoid(logits)
+    prob = threaded_ops.sigmoid(logits)
     prob_pos = paddle.gather(prob, positives)
     g = paddle.scatter_(prob, positives, 1 - prob_pos, overwrite=True)
     scale = _exact_float32_scale(edges.tobytes()) if g.dtype == paddle.float32 else None
@@ -244,7 +248,7 @@ def _harmonize(
         idx = paddle.scatter_(idx, elems, paddle.gather(idx, elems) + bins, overwrite=True)
     else:
         idx = idx + invalid.flatten().astype("int32") * bins
-    counts = paddle.bincount(idx, minlength=2 * bins)[:bins].astype("float64")
+    counts = threaded_ops.bincount(idx, 2 * bins)[:bins].astype("float64")
     world = _world_size() if sync_stats else 1
     if world > 1:
         stats = paddle.concat([counts, tot.reshape([1])])
@@ -260,7 +264,7 @@ def _harmonize(
         # the ranks' mean (DataParallel's) is then the loss of the concatenated batch
         scale = scale * float(world)
     table = paddle.concat([weights * scale, paddle.zeros([bins], dtype=dtype)])
-    return paddle.gather(table, idx), acc_sum
+    return threaded_ops.lookup(table, idx), acc_sum
 
 
 class _HarmonizedBCE(PyLayer):
@@ -279,14 +283,14 @@ class _HarmonizedBCE(PyLayer):
         if target is None:
             # softplus(x) is the BCE where t = 0, softplus(-x) where t = 1
             elem_loss = paddle.scatter_(
-                F.softplus(logits),
+                threaded_ops.softplus(logits),
                 positives,
                 F.softplus(-paddle.gather(logits, positives)),
                 overwrite=True,
             )
         else:
             # stable for any t: max(x, 0) - x * t + log(1 + exp(-|x|))
-            elem_loss = F.relu(logits) - logits * target + F.softplus(-logits.abs())
+            elem_loss = F.relu(logits) - logits * target + threaded_ops.softplus(-logits.abs())
         ctx.save_for_backward(grad_dir.multiply_(weight))
         ctx.pred_shape = pred.shape
         ctx.grad_scale = grad_scale
@@ -422,7 +426,7 @@ def ghmc_loss(
             idx, grad_dir, grad_scale = _label_bins_and_gradient(logits, positives, edges)
         else:
             binary = _as_dtype(target, pred.dtype).flatten()
-            grad_dir, grad_scale = F.sigmoid(logits) - binary, 1.0
+            grad_dir, grad_scale = threaded_ops.sigmoid(logits) - binary, 1.0
             idx = ghm_bin_index(grad_dir.abs(), edges)
 
         num_valid = (label_weight > 0).astype("float64").sum()

@@ -15,6 +15,11 @@ module                 registered classes
 ``onednn_conv``        (not registered) ``use_onednn_convs``, ``for_training``: a model's
                        convolutions on oneDNN for CPU training (a C++ extension built at
                        first use)
+``threaded_conv``      (not registered) Paddle's CPU convolution kernels on two threads, same
+                       bits (the demo's training)
+``frozen_bn``          (not registered) ``use_fused_frozen_bn``, ``for_training``: each
+                       frozen-statistics BN with its ReLU (and shortcut) as one multi-threaded
+                       op for CPU training, Paddle's bits but for gamma / beta sums
 =====================  ==================================================================
 
 The architecture is ppdet's own ``RetinaNet`` (``backbone``, ``neck``, ``head``). The losses, GHM

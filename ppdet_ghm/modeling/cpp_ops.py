@@ -3,12 +3,14 @@
 One build per source text, Paddle version and whatever else the caller names in ``version``,
 under ``$PPDET_GHM_CACHE`` (default ``~/.cache/ppdet_ghm``) / ``<name>-<key>``; concurrent
 processes wait for one build. The compiler's output is kept back and shown only when the build
-fails (:class:`BuildError` carries its error lines).
+fails (:class:`BuildError` carries its error lines). :func:`math_threads` tells the ops how many
+threads Paddle's CPU math runs on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import logging
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import paddle
 
-__all__ = ["BuildError", "build", "build_directory"]
+__all__ = ["BuildError", "build", "build_directory", "math_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +45,14 @@ def build(
     version: str = "",
     include_paths: list[str] = (),
     ldflags: list[str] = (),
+    cflags: tuple[str, ...] = ("-O2",),
 ):
     """The module of custom ops ``ppdet_ghm_<name>`` compiled from ``source`` (built on first
     use, then loaded from the cache). ``version``: what else the binary depends on (library
-    versions), part of the cache key. Raises BuildError."""
+    versions), part of the cache key, as are ``cflags`` (the compiler's flags) when they are
+    not the default. Raises BuildError."""
+    if tuple(cflags) != ("-O2",):
+        version = f"{version} {' '.join(cflags)}"
     key = hashlib.sha256(
         source.read_bytes() + f"{paddle.__version__} {version}".encode()
     ).hexdigest()[:12]
@@ -68,7 +74,7 @@ def build(
                     name=module,
                     sources=[str(source)],
                     extra_include_paths=list(include_paths),
-                    extra_cxx_cflags=["-O2"],
+                    extra_cxx_cflags=list(cflags),
                     extra_ldflags=list(ldflags),
                     build_directory=str(directory),
                     verbose=False,
@@ -102,3 +108,14 @@ def _output_to(file):
         os.dup2(saved[1], 2)
         os.close(saved[0])
         os.close(saved[1])
+
+
+def math_threads() -> int:
+    """Threads of Paddle's CPU math (``paddle.base.core.set_num_threads`` sets them in its
+    OpenMP runtime); 1 where no OpenMP runtime is loaded."""
+    for name in ("libiomp5.so", "libgomp.so.1"):
+        try:
+            return max(1, int(ctypes.CDLL(name, mode=os.RTLD_NOLOAD).omp_get_max_threads()))
+        except (OSError, AttributeError):
+            continue
+    return 1

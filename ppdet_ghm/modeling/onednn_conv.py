@@ -7,7 +7,10 @@ lose"). :func:`use_onednn_convs` switches a model's ``nn.Conv2D`` layers to
 :func:`onednn_conv2d`: oneDNN's forward, backward-data and backward-weights primitives, two
 custom ops (``onednn_conv.cc``, built at first use against Paddle's own ``libdnnl.so.3``), plain
 NCHW tensors in and out, as PyTorch's CPU convolution does. Same arithmetic up to float32 rounding
-(oneDNN sums in another order); parameters, names and checkpoints do not change.
+(oneDNN sums in another order); parameters, names and checkpoints do not change. Training
+switches the convolutions larger than 1x1 (:data:`TRAINING_MIN_KERNEL`): a 1x1 convolution is one
+GEMM on Paddle's own layout, which Paddle's kernel runs on the math threads without the layout
+reorders oneDNN needs (faster on two threads, BENCHMARKS.md item 8).
 
 Building needs a C++ compiler and oneDNN's headers of Paddle's oneDNN version: ``make setup``
 installs them (``pip install --no-deps onednn-devel==2025.0.1``, headers only, 0.2 MB).
@@ -37,6 +40,7 @@ __all__ = [
     "use_onednn_convs",
     "onednn_conv_layers",
     "for_training",
+    "TRAINING_MIN_KERNEL",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,6 +48,9 @@ logger = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 HEADERS_HINT = "pip install --no-deps onednn-devel==2025.0.1"
 _ops = None  # the loaded extension module, or the OnednnUnavailable it raised
+# Training puts on oneDNN the convolutions with a kernel side of at least this: the 1x1 ones
+# stay on Paddle's GEMM (R50-FPN RetinaNet: 32 of 71 on oneDNN)
+TRAINING_MIN_KERNEL = 3
 
 
 class OnednnUnavailable(RuntimeError):
@@ -234,8 +241,9 @@ def for_training(model: nn.Layer, setting="auto") -> int:
     """Apply the config key ``onednn_conv`` to a model about to be trained; returns the number
     of convolutions switched to oneDNN.
 
-    ``auto`` (the default): on a CPU device, every supported convolution, or none with a
-    warning naming the reason when the ops cannot be built; ``true``: the same, but an
+    ``auto`` (the default): on a CPU device, every supported convolution larger than 1x1
+    (:data:`TRAINING_MIN_KERNEL`), or none with a warning naming the reason when the ops cannot
+    be built; ``true``: the same, but an
     OnednnUnavailable error instead of the warning; ``false``: Paddle's own convolutions. On a
     GPU nothing changes.
     """
@@ -246,7 +254,7 @@ def for_training(model: nn.Layer, setting="auto") -> int:
     if setting is False or not paddle.get_device().startswith("cpu"):
         return 0
     try:
-        count = use_onednn_convs(model)
+        count = use_onednn_convs(model, min_kernel=TRAINING_MIN_KERNEL)
     except OnednnUnavailable as err:
         if setting is True:
             raise

@@ -41,3 +41,27 @@ def test_drive_runs_variants_in_the_same_rounds(monkeypatch):
     assert calls[1][1][-2:] == ["--repeats", 3]  # the default side: no --conv (oneDNN)
     assert results[("b2_512", "paddle-convs")]["times_s"] == [3.0, 6.0]  # rounds pooled
     assert results[("b2_512", "torch")]["median_s"] == 2.5
+
+
+def test_the_table_has_a_row_per_variant(monkeypatch, capsys):
+    """Ours as trained (oneDNN convolutions, fused frozen BN), then ours with Paddle's
+    convolutions and ours with Paddle's BN ops, each against the same mmdet row."""
+    runs = []
+
+    def fake_worker(script, tag, worker_args, threads):
+        runs.append(worker_args)
+        conv = worker_args[worker_args.index("--conv") + 1] if "--conv" in worker_args else None
+        seconds = {None: 3.0, "paddle": 4.5, "onednn-paddle-bn": 3.3}[conv]
+        if worker_args[1] == "torch":
+            seconds = 3.5
+        return {"median_s": seconds, "times_s": [seconds]}
+
+    monkeypatch.setattr(driver, "run_worker_logged", fake_worker)
+    assert bench_train_step.main(["--cases", "b2_512", "--repeats", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    rows = {
+        line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| b2")
+    }
+    assert set(rows) == {"b2_512", "b2_512, Paddle convs", "b2_512, Paddle BN ops"}
+    assert "0.86x" in rows["b2_512"] and "0.94x" in rows["b2_512, Paddle BN ops"]
+    assert out.rstrip().endswith("train step b2_512: ours/mmdet 0.86x")

@@ -25,10 +25,12 @@ from ppdet_ghm.engine.trainer import GHMTrainer
 from tests.helpers.engine_tiny import make_tiny
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+@pytest.fixture(scope="module", params=["demo", "frozen_bn"])
+def tiny(tmp_path_factory, request):
+    """The demo's backbone, and a ResNet-18 on frozen BN statistics (its BNs fused in CPU
+    training, ppdet_ghm.modeling.frozen_bn)."""
     root = tmp_path_factory.mktemp("nonfinite")
-    config, overrides = make_tiny(root)
+    config, overrides = make_tiny(root, frozen_bn=request.param == "frozen_bn")
     return root, config, overrides
 
 

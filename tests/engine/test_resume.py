@@ -2,7 +2,8 @@
 
 Tiny variant of configs/demo.yml (tests/helpers/engine_tiny.py): 4 images, batch 2, 2 epochs of 2 steps,
 shuffled data, random flips, LR warmup over 3 steps then a step decay after epoch 1, GHM momentum
-on. The straight run writes a checkpoint after epoch 0; resuming from it in a fresh trainer must
+on; with the demo's backbone, and with a ResNet-18 on frozen BN statistics (CPU training then
+fuses its BNs, ppdet_ghm.modeling.frozen_bn). The straight run writes a checkpoint after epoch 0; resuming from it in a fresh trainer must
 give the straight run's last two losses (1e-5), learning rates and final weights.
 """
 
@@ -18,14 +19,16 @@ from ppdet_ghm.engine.trainer import FreedMemoryRelease, GHMTrainer
 from tests.helpers.engine_tiny import make_tiny
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+@pytest.fixture(scope="module", params=["demo", "frozen_bn"])
+def straight(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("resume")
-    config, overrides = make_tiny(root)
+    frozen_bn = request.param == "frozen_bn"
+    config, overrides = make_tiny(root, frozen_bn=frozen_bn)
     trainer = tasks.train(
         config, overrides=overrides, output_dir=str(root / "straight"), seed=0, threads=1
     )
     assert trainer.onednn_convs > 0  # CPU training runs its convolutions on oneDNN by default
+    assert (trainer.fused_norms > 0) == frozen_bn  # and fuses frozen BNs where there are any
     assert any(isinstance(c, FreedMemoryRelease) for c in trainer._callbacks)
     return root, config, overrides, trainer.history.records
 

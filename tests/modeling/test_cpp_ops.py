@@ -1,10 +1,12 @@
-"""modeling.cpp_ops through both extensions: a source that does not compile is an error naming
+"""modeling.cpp_ops through the three extensions: a source that does not compile is an error naming
 the source, the build folder and the compiler's message, raised as the extension's own
-"unavailable" error, and remembered (no second build in the process)."""
+"unavailable" error, and remembered (no second build in the process); and the thread count the
+ops take from Paddle."""
 
+import paddle
 import pytest
 
-from ppdet_ghm.modeling import onednn_conv, threaded_conv
+from ppdet_ghm.modeling import cpp_ops, frozen_bn, onednn_conv, threaded_conv
 
 
 @pytest.mark.parametrize(
@@ -12,8 +14,9 @@ from ppdet_ghm.modeling import onednn_conv, threaded_conv
     [
         (onednn_conv, onednn_conv.OnednnUnavailable),
         (threaded_conv, threaded_conv.ThreadedConvUnavailable),
+        (frozen_bn, frozen_bn.FrozenBnUnavailable),
     ],
-    ids=["onednn_conv", "threaded_conv"],
+    ids=["onednn_conv", "threaded_conv", "frozen_bn"],
 )
 def test_a_failed_build_names_the_compiler_error(tmp_path, monkeypatch, module, unavailable):
     broken = tmp_path / module.SOURCE.name
@@ -26,3 +29,18 @@ def test_a_failed_build_names_the_compiler_error(tmp_path, monkeypatch, module, 
     assert "error" in str(err.value)  # the compiler's message travels with the error
     with pytest.raises(unavailable):  # remembered: no second build
         module.load_ops()
+
+
+@pytest.fixture
+def set_math_threads():
+    """Sets the math library's threads for one test, then back to Paddle's start value."""
+    yield paddle.base.core.set_num_threads
+    paddle.base.core.set_num_threads(
+        paddle.get_flags(["FLAGS_paddle_num_threads"])["FLAGS_paddle_num_threads"]
+    )
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_math_threads_follows_paddle(set_math_threads, count):
+    set_math_threads(count)
+    assert cpp_ops.math_threads() == count

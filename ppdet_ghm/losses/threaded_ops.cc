@@ -1,0 +1,209 @@
+// The GHM-C loss's per-element work on every logit of an FPN level (up to 12M elements at
+// 800x1333) on several threads, with the numbers of Paddle's one-core kernels:
+//   sigmoid, softplus: Paddle's own registered kernels, on pieces of the tensor (below);
+//   lookup:   out[i] = table[index[i]], a gather of a short table (a copy: the same bits);
+//   bincount: counts of small non-negative integers, per piece, then added (integers: exact).
+//
+// Both kernels compute each element from that element alone (an Eigen expression evaluated in
+// SIMD packets of at most 16 floats, the last few elements one by one). This op calls the same
+// registered kernel ("sigmoid" / "softplus", CPU, float32; softplus's beta and threshold are
+// doubles) on consecutive pieces of the flat tensor whose lengths, all but the last, are
+// multiples of 64 elements: every element lands in a packet exactly where it would in one call
+// on the whole tensor, and the scalar tail stays the tail.
+// Same operations on the same operands, hence the same bits (tests compare them). The Python side
+// is ppdet_ghm/losses/threaded_ops.py.
+//
+// Built at first use by paddle.utils.cpp_extension against Paddle's headers only.
+
+#include <algorithm>
+#include <exception>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "paddle/extension.h"
+#include "paddle/phi/api/include/context_pool.h"
+#include "paddle/phi/backends/cpu/cpu_context.h"
+#include "paddle/phi/core/dense_tensor.h"
+#include "paddle/phi/core/kernel_factory.h"
+
+namespace {
+
+// Signatures of phi::SigmoidKernel and phi::SoftplusKernel as registered (variadic form).
+using UnaryFn = void (*)(const phi::DeviceContext&, const phi::DenseTensor&, phi::DenseTensor*);
+using SoftplusFn = void (*)(const phi::DeviceContext&, const phi::DenseTensor&, double, double,
+                            phi::DenseTensor*);
+
+// Pieces are multiples of this many elements (4 packets of 16 floats, the widest unrolling).
+constexpr int64_t kGrain = 64;
+// Below this many elements per thread a new thread costs more than it saves.
+constexpr int64_t kMinPerThread = 1 << 18;
+
+template <typename Fn>
+Fn cpu_kernel(const char* name) {
+  const phi::KernelKey key(phi::Backend::CPU, phi::DataLayout::ALL_LAYOUT,
+                           phi::DataType::FLOAT32);
+  return phi::KernelFactory::Instance()
+      .SelectKernelOrThrowError(name, key)
+      .kernel.GetVariadicKernelFn<Fn>();
+}
+
+const phi::DeviceContext& cpu_context() {
+  return *paddle::experimental::DeviceContextPool::Instance().Get(phi::CPUPlace());
+}
+
+phi::DenseTensor& dense(const paddle::Tensor& t) {
+  return *static_cast<phi::DenseTensor*>(t.impl().get());
+}
+
+// Elements [begin, end) of a contiguous tensor as a 1-D tensor sharing its memory.
+phi::DenseTensor piece(const phi::DenseTensor& t, int64_t begin, int64_t end) {
+  phi::DenseTensorMeta meta = t.meta();
+  meta.offset += begin * sizeof(float);
+  meta.dims = common::make_ddim({end - begin});
+  meta.strides = phi::DenseTensorMeta::calc_strides(meta.dims);
+  return phi::DenseTensor(t.Holder(), meta);
+}
+
+// How many pieces over_pieces cuts n elements into for `threads` threads.
+int64_t piece_count(int64_t n, int threads) {
+  return std::max<int64_t>(1, std::min<int64_t>(threads, n / kMinPerThread));
+}
+
+// Calls body(piece, begin, end) on consecutive pieces of [0, n), one per thread (this one
+// included); rethrows the first error.
+template <typename Body>
+void over_pieces(int64_t n, int threads, Body body) {
+  const int64_t count = piece_count(n, threads);
+  const int64_t step = (n / count + kGrain - 1) / kGrain * kGrain;
+  std::vector<std::exception_ptr> errors(count);
+  std::vector<std::thread> workers;
+  auto part = [&](int64_t i) {
+    try {
+      const int64_t begin = std::min(n, i * step);
+      const int64_t end = i + 1 == count ? n : std::min(n, (i + 1) * step);
+      if (begin < end) body(i, begin, end);
+    } catch (...) {
+      errors[i] = std::current_exception();
+    }
+  };
+  for (int64_t i = 1; i < count; ++i) workers.emplace_back(part, i);
+  part(0);
+  for (auto& worker : workers) worker.join();
+  for (auto& error : errors) {
+    if (error) std::rethrow_exception(error);
+  }
+}
+
+void check_input(const paddle::Tensor& x) {
+  PD_CHECK(x.is_cpu() && x.is_dense_tensor(), "threaded_ops: x must be a dense CPU tensor");
+  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32, "threaded_ops: x must be float32");
+}
+
+}  // namespace
+
+// sigmoid(x) for a contiguous float32 CPU tensor, the same shape, on `threads` threads.
+std::vector<paddle::Tensor> ThreadedSigmoid(const paddle::Tensor& x, int threads) {
+  check_input(x);
+  static const UnaryFn sigmoid = cpu_kernel<UnaryFn>("sigmoid");
+  const phi::DeviceContext& ctx = cpu_context();
+  paddle::Tensor out = paddle::empty(x.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
+  auto& result = dense(out);
+  over_pieces(x.numel(), threads, [&](int64_t, int64_t begin, int64_t end) {
+    phi::DenseTensor part = piece(result, begin, end);
+    sigmoid(ctx, piece(dense(x), begin, end), &part);
+  });
+  return {out};
+}
+
+// softplus(x) = log(1 + exp(beta * x)) / beta (x where beta * x > threshold), as Paddle's.
+std::vector<paddle::Tensor> ThreadedSoftplus(const paddle::Tensor& x, double beta,
+                                             double threshold, int threads) {
+  check_input(x);
+  static const SoftplusFn softplus = cpu_kernel<SoftplusFn>("softplus");
+  const phi::DeviceContext& ctx = cpu_context();
+  paddle::Tensor out = paddle::empty(x.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
+  auto& result = dense(out);
+  over_pieces(x.numel(), threads, [&](int64_t, int64_t begin, int64_t end) {
+    phi::DenseTensor part = piece(result, begin, end);
+    softplus(ctx, piece(dense(x), begin, end), beta, threshold, &part);
+  });
+  return {out};
+}
+
+// table[index] for a float32 table [T] and int32 indices (any shape, each in [0, T)): a
+// float32 tensor of the indices' shape.
+std::vector<paddle::Tensor> ThreadedLookup(const paddle::Tensor& table, const paddle::Tensor& index,
+                                           int threads) {
+  PD_CHECK(table.is_cpu() && index.is_cpu(), "threaded_lookup: CPU tensors only");
+  PD_CHECK(table.dtype() == paddle::DataType::FLOAT32 && table.shape().size() == 1,
+           "threaded_lookup: table must be a float32 vector");
+  PD_CHECK(index.dtype() == paddle::DataType::INT32, "threaded_lookup: index must be int32");
+  paddle::Tensor out =
+      paddle::empty(index.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float* values = table.data<float>();
+  const int32_t* idx = index.data<int32_t>();
+  const int64_t size = table.numel();
+  float* result = out.data<float>();
+  over_pieces(index.numel(), threads, [&](int64_t, int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      PD_CHECK(idx[i] >= 0 && idx[i] < size, "threaded_lookup: index ", idx[i],
+               " outside the table of ", size);
+      result[i] = values[idx[i]];
+    }
+  });
+  return {out};
+}
+
+// Counts of each value of int32 `index` (values in [0, minlength)): int64 [minlength], as
+// paddle.bincount(index, minlength=minlength) for such values.
+std::vector<paddle::Tensor> ThreadedBincount(const paddle::Tensor& index, int minlength,
+                                             int threads) {
+  PD_CHECK(index.is_cpu() && index.dtype() == paddle::DataType::INT32,
+           "threaded_bincount: index must be an int32 CPU tensor");
+  PD_CHECK(minlength > 0, "threaded_bincount: minlength must be positive");
+  const int32_t* idx = index.data<int32_t>();
+  const int64_t n = index.numel();
+  // one histogram per piece, added at the end
+  std::vector<std::vector<int64_t>> partial(piece_count(n, threads),
+                                            std::vector<int64_t>(minlength, 0));
+  over_pieces(n, threads, [&](int64_t piece, int64_t begin, int64_t end) {
+    std::vector<int64_t>& counts = partial[piece];
+    for (int64_t i = begin; i < end; ++i) {
+      PD_CHECK(idx[i] >= 0 && idx[i] < minlength, "threaded_bincount: value ", idx[i],
+               " outside [0, ", minlength, ")");
+      ++counts[idx[i]];
+    }
+  });
+  paddle::Tensor out = paddle::empty({minlength}, paddle::DataType::INT64, paddle::CPUPlace());
+  int64_t* result = out.data<int64_t>();
+  for (int v = 0; v < minlength; ++v) {
+    result[v] = 0;
+    for (const auto& counts : partial) result[v] += counts[v];
+  }
+  return {out};
+}
+
+PD_BUILD_OP(threaded_lookup)
+    .Inputs({"Table", "Index"})
+    .Outputs({"Out"})
+    .Attrs({"threads: int"})
+    .SetKernelFn(PD_KERNEL(ThreadedLookup));
+
+PD_BUILD_OP(threaded_bincount)
+    .Inputs({"Index"})
+    .Outputs({"Out"})
+    .Attrs({"minlength: int", "threads: int"})
+    .SetKernelFn(PD_KERNEL(ThreadedBincount));
+
+PD_BUILD_OP(threaded_sigmoid)
+    .Inputs({"X"})
+    .Outputs({"Out"})
+    .Attrs({"threads: int"})
+    .SetKernelFn(PD_KERNEL(ThreadedSigmoid));
+
+PD_BUILD_OP(threaded_softplus)
+    .Inputs({"X"})
+    .Outputs({"Out"})
+    .Attrs({"beta: double", "threshold: double", "threads: int"})
+    .SetKernelFn(PD_KERNEL(ThreadedSoftplus));
