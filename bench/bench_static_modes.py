@@ -7,8 +7,9 @@ SGD momentum), one fresh process per mode (the oneDNN flag is process-wide), eac
 memory in glibc's heap as ``ppdet-ghm train`` does (``ppdet_ghm.engine.cpu_memory``):
 
 * ``dygraph``: Paddle's own CPU convolutions (im2col + GEMM), as ``-o onednn_conv=false`` trains.
-* ``onednn-conv``: dygraph with every convolution on oneDNN (``ppdet_ghm.modeling.onednn_conv``,
-  what ``ppdet-ghm train`` does on a CPU); ``onednn-conv-3x3``: only the 3x3 / 7x7 ones.
+* ``onednn-conv``: dygraph with every convolution on oneDNN (``ppdet_ghm.modeling.onednn_conv``);
+  ``onednn-conv-3x3``: only the 3x3 / 7x7 ones, the convolutions ``ppdet-ghm train`` puts on
+  oneDNN on a CPU (without its fused frozen BN).
 * ``static``: the network under ``paddle.jit.to_static(full_graph=True)`` with free N/H/W, plain
   CPU kernels; targets, losses, backward hooks and optimizer stay in dygraph.
 * ``static-onednn``: the same with ``FLAGS_use_onednn`` (PIR's kernel pass then picks oneDNN for every

@@ -8,8 +8,8 @@ Cases: ``b2_512`` (2 images of 512x512) and ``b1_800x1333`` (one 800x1333 image)
 columns are the forward time spent inside the GHM loss calls per iteration (forward hooks on the
 loss layers) and its share of the iteration.
 
-Ours runs its convolutions on oneDNN, each frozen BN with its ReLU (and shortcut) as one op, and
-keeps freed memory in glibc's heap for reuse, as ``ppdet-ghm train`` does on a CPU
+Ours runs its convolutions larger than 1x1 on oneDNN, each frozen BN with its ReLU (and shortcut)
+as one op, and keeps freed memory in glibc's heap for reuse, as ``ppdet-ghm train`` does on a CPU
 (``ppdet_ghm.modeling.onednn_conv``, ``ppdet_ghm.modeling.frozen_bn``,
 ``ppdet_ghm.engine.cpu_memory``; ``--keep-freed-memory all`` gives mmdet's worker the same malloc
 settings, ``none`` neither side). In the same rounds, with ``--paddle-convs`` (the default) a

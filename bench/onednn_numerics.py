@@ -2,9 +2,9 @@
 
 Two models of ``bench.bench_train_step`` (R50-FPN RetinaNet-GHM, seeded weights, fresh GHM
 state each) take the same batch: one keeps Paddle's convolutions and BN ops, the other runs as
-``ppdet-ghm train`` does on a CPU: convolutions on oneDNN (``ppdet_ghm.modeling.onednn_conv``)
-and each frozen BN with its ReLU and shortcut as one op (``ppdet_ghm.modeling.frozen_bn``;
-``fused_bn=False`` leaves Paddle's BN ops). Compared: each FPN
+``ppdet-ghm train`` does on a CPU: convolutions larger than 1x1 on oneDNN
+(``ppdet_ghm.modeling.onednn_conv``) and each frozen BN with its ReLU and shortcut as one op
+(``ppdet_ghm.modeling.frozen_bn``; ``fused_bn=False`` leaves Paddle's BN ops). Compared: each FPN
 level's GHM-C and GHM-R loss (relative difference) and every trained parameter's gradient (mean
 and largest absolute difference over all elements). A third model, Paddle's convolutions on the
 image moved by one float32 rounding, measures how far one rounding moves the gradients anyway
