@@ -95,40 +95,39 @@ void over_pieces(int64_t n, int threads, Body body) {
   }
 }
 
-void check_input(const paddle::Tensor& x) {
+// kernel(input piece, output piece) on the pieces of float32 `x`, into a new tensor of its shape.
+template <typename Kernel>
+paddle::Tensor elementwise_in_pieces(const paddle::Tensor& x, int threads, Kernel kernel) {
   PD_CHECK(x.is_cpu() && x.is_dense_tensor(), "threaded_ops: x must be a dense CPU tensor");
   PD_CHECK(x.dtype() == paddle::DataType::FLOAT32, "threaded_ops: x must be float32");
+  paddle::Tensor out = paddle::empty(x.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
+  auto& result = dense(out);
+  over_pieces(x.numel(), threads, [&](int64_t, int64_t begin, int64_t end) {
+    phi::DenseTensor part = piece(result, begin, end);
+    kernel(piece(dense(x), begin, end), &part);
+  });
+  return out;
 }
 
 }  // namespace
 
 // sigmoid(x) for a contiguous float32 CPU tensor, the same shape, on `threads` threads.
 std::vector<paddle::Tensor> ThreadedSigmoid(const paddle::Tensor& x, int threads) {
-  check_input(x);
   static const UnaryFn sigmoid = cpu_kernel<UnaryFn>("sigmoid");
   const phi::DeviceContext& ctx = cpu_context();
-  paddle::Tensor out = paddle::empty(x.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
-  auto& result = dense(out);
-  over_pieces(x.numel(), threads, [&](int64_t, int64_t begin, int64_t end) {
-    phi::DenseTensor part = piece(result, begin, end);
-    sigmoid(ctx, piece(dense(x), begin, end), &part);
-  });
-  return {out};
+  return {elementwise_in_pieces(x, threads, [&](const phi::DenseTensor& in, phi::DenseTensor* out) {
+    sigmoid(ctx, in, out);
+  })};
 }
 
 // softplus(x) = log(1 + exp(beta * x)) / beta (x where beta * x > threshold), as Paddle's.
 std::vector<paddle::Tensor> ThreadedSoftplus(const paddle::Tensor& x, double beta,
                                              double threshold, int threads) {
-  check_input(x);
   static const SoftplusFn softplus = cpu_kernel<SoftplusFn>("softplus");
   const phi::DeviceContext& ctx = cpu_context();
-  paddle::Tensor out = paddle::empty(x.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
-  auto& result = dense(out);
-  over_pieces(x.numel(), threads, [&](int64_t, int64_t begin, int64_t end) {
-    phi::DenseTensor part = piece(result, begin, end);
-    softplus(ctx, piece(dense(x), begin, end), beta, threshold, &part);
-  });
-  return {out};
+  return {elementwise_in_pieces(x, threads, [&](const phi::DenseTensor& in, phi::DenseTensor* out) {
+    softplus(ctx, in, beta, threshold, out);
+  })};
 }
 
 // table[index] for a float32 table [T] and int32 indices (any shape, each in [0, T)): a

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -113,9 +114,17 @@ def _output_to(file):
 def math_threads() -> int:
     """Threads of Paddle's CPU math (``paddle.base.core.set_num_threads`` sets them in its
     OpenMP runtime); 1 where no OpenMP runtime is loaded."""
+    query = _omp_max_threads()
+    return max(1, int(query())) if query else 1
+
+
+@functools.cache
+def _omp_max_threads():
+    """``omp_get_max_threads`` of the OpenMP runtime Paddle loaded (looked up once; its value
+    changes with ``set_num_threads``), or None."""
     for name in ("libiomp5.so", "libgomp.so.1"):
         try:
-            return max(1, int(ctypes.CDLL(name, mode=os.RTLD_NOLOAD).omp_get_max_threads()))
+            return ctypes.CDLL(name, mode=os.RTLD_NOLOAD).omp_get_max_threads
         except (OSError, AttributeError):
             continue
-    return 1
+    return None

@@ -35,7 +35,7 @@ import paddle.nn.functional as F
 from ppdet.modeling.backbones.resnet import BasicBlock, BottleNeck, ConvNormLayer
 
 from ppdet_ghm.modeling import cpp_ops
-from ppdet_ghm.modeling.forward_swap import swap_forward, swapped_layers
+from ppdet_ghm.modeling.forward_swap import swap_forward, swapped_layers, switch_setting
 
 __all__ = [
     "FrozenBnUnavailable",
@@ -265,12 +265,7 @@ def for_training(model: nn.Layer, setting="auto", onednn_convs: int = 0) -> int:
     ``true``: fused on a CPU device also with Paddle's convolutions, a FrozenBnUnavailable error
     instead of the warning; ``false``: Paddle's ops. On a GPU nothing changes.
     """
-    if isinstance(setting, str) and setting.lower() in ("true", "false", "auto"):
-        setting = {"true": True, "false": False}.get(setting.lower(), "auto")
-    if setting not in (True, False, "auto"):
-        raise ValueError(
-            f"config key fused_frozen_bn: expected true, false or auto, got {setting!r}"
-        )
+    setting = switch_setting(setting, "fused_frozen_bn")
     if setting is False or (setting == "auto" and not onednn_convs):
         return 0
     if not paddle.get_device().startswith("cpu"):

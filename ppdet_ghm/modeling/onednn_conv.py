@@ -30,7 +30,7 @@ import paddle
 import paddle.nn as nn
 
 from ppdet_ghm.modeling import cpp_ops
-from ppdet_ghm.modeling.forward_swap import swap_forward, swapped_layers
+from ppdet_ghm.modeling.forward_swap import swap_forward, swapped_layers, switch_setting
 
 __all__ = [
     "OnednnUnavailable",
@@ -247,10 +247,7 @@ def for_training(model: nn.Layer, setting="auto") -> int:
     OnednnUnavailable error instead of the warning; ``false``: Paddle's own convolutions. On a
     GPU nothing changes.
     """
-    if isinstance(setting, str) and setting.lower() in ("true", "false", "auto"):
-        setting = {"true": True, "false": False}.get(setting.lower(), "auto")
-    if setting not in (True, False, "auto"):
-        raise ValueError(f"config key onednn_conv: expected true, false or auto, got {setting!r}")
+    setting = switch_setting(setting, "onednn_conv")
     if setting is False or not paddle.get_device().startswith("cpu"):
         return 0
     try:
