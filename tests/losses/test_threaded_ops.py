@@ -13,6 +13,7 @@ import paddle.nn.functional as F
 import pytest
 
 from ppdet_ghm.losses import threaded_ops
+from tests.helpers.bits import assert_same_bits
 
 
 @pytest.fixture(scope="module")
@@ -20,12 +21,6 @@ def ops():
     ops = threaded_ops.load_ops()
     assert ops is not None  # built and passed its self-check
     return ops
-
-
-def _same_bits(a, b, what):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape and a.dtype == b.dtype == np.float32, what
-    np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32), err_msg=what)
 
 
 # around the op's per-thread minimum (2**18), odd tails, a 2-D [N, 80] level
@@ -39,8 +34,8 @@ def test_the_bits_of_paddles_kernels(ops, shape, threads):
     values = rng.standard_normal(shape).astype("float32") * 12  # beyond softplus' threshold 20
     values.flat[:4] = [0.0, -0.0, np.inf, -np.inf] if values.size >= 4 else values.flat[:4]
     x = paddle.to_tensor(values)
-    _same_bits(ops.threaded_sigmoid(x, threads), F.sigmoid(x), "sigmoid")
-    _same_bits(ops.threaded_softplus(x, 1.0, 20.0, threads), F.softplus(x), "softplus")
+    assert_same_bits(ops.threaded_sigmoid(x, threads), F.sigmoid(x), "sigmoid")
+    assert_same_bits(ops.threaded_softplus(x, 1.0, 20.0, threads), F.softplus(x), "softplus")
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -49,7 +44,9 @@ def test_lookup_and_bincount_are_gathers_and_counts(ops, size, threads):
     rng = np.random.default_rng(size)
     table = paddle.to_tensor(rng.standard_normal(60).astype("float32"))
     index = paddle.to_tensor(rng.integers(0, 60, size).astype("int32"))
-    _same_bits(ops.threaded_lookup(table, index, threads), paddle.gather(table, index), "lookup")
+    assert_same_bits(
+        ops.threaded_lookup(table, index, threads), paddle.gather(table, index), "lookup"
+    )
     counts = ops.threaded_bincount(index, 60, threads)
     assert counts.dtype == paddle.int64
     np.testing.assert_array_equal(counts.numpy(), paddle.bincount(index, minlength=60).numpy())
@@ -78,7 +75,7 @@ def test_the_functions_use_the_threads_only_where_they_apply(ops, monkeypatch):
 
     monkeypatch.setattr(threaded_ops, "_ops", Spy)
     big = paddle.randn([threaded_ops.MIN_ELEMENTS])
-    _same_bits(threaded_ops.softplus(big), F.softplus(big), "softplus")
+    assert_same_bits(threaded_ops.softplus(big), F.softplus(big), "softplus")
     assert calls == [2]
     threaded_ops.softplus(big[:100])  # small: Paddle's call
     needs_grad = paddle.randn([threaded_ops.MIN_ELEMENTS])
@@ -106,7 +103,7 @@ def test_a_kernel_that_gives_other_numbers_is_not_used(monkeypatch, caplog):
         assert threaded_ops.load_ops() is None
     assert "does not give Paddle's numbers" in caplog.text
     big = paddle.randn([threaded_ops.MIN_ELEMENTS])
-    _same_bits(threaded_ops.softplus(big), F.softplus(big), "fallback")
+    assert_same_bits(threaded_ops.softplus(big), F.softplus(big), "fallback")
 
 
 def test_a_failed_build_keeps_paddles_call(tmp_path, monkeypatch, caplog):
@@ -118,5 +115,5 @@ def test_a_failed_build_keeps_paddles_call(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(threaded_ops.cpp_ops, "math_threads", lambda: 2)
     with caplog.at_level("INFO", logger=threaded_ops.__name__):
         big = paddle.randn([threaded_ops.MIN_ELEMENTS])
-        _same_bits(threaded_ops.sigmoid(big), F.sigmoid(big), "fallback")
+        assert_same_bits(threaded_ops.sigmoid(big), F.sigmoid(big), "fallback")
     assert f"building {broken.name} in" in caplog.text  # the reason, once, in the log

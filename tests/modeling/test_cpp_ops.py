@@ -3,7 +3,6 @@ the source, the build folder and the compiler's message, raised as the extension
 "unavailable" error, and remembered (no second build in the process); and the thread count the
 ops take from Paddle."""
 
-import paddle
 import pytest
 
 from ppdet_ghm.modeling import cpp_ops, frozen_bn, onednn_conv, threaded_conv
@@ -29,15 +28,6 @@ def test_a_failed_build_names_the_compiler_error(tmp_path, monkeypatch, module, 
     assert "error" in str(err.value)  # the compiler's message travels with the error
     with pytest.raises(unavailable):  # remembered: no second build
         module.load_ops()
-
-
-@pytest.fixture
-def set_math_threads():
-    """Sets the math library's threads for one test, then back to Paddle's start value."""
-    yield paddle.base.core.set_num_threads
-    paddle.base.core.set_num_threads(
-        paddle.get_flags(["FLAGS_paddle_num_threads"])["FLAGS_paddle_num_threads"]
-    )
 
 
 @pytest.mark.parametrize("count", [1, 3])

@@ -17,19 +17,13 @@ import pytest
 
 from ppdet_ghm.modeling import frozen_bn
 from ppdet_ghm.modeling.backbone import NormEvalResNet
+from tests.helpers.bits import assert_same_bits
 
 
 @pytest.fixture(scope="module", autouse=True)
 def ops():
     """Build the extension once (the first build of a machine takes ~15 s)."""
     return frozen_bn.load_ops()
-
-
-def _same_bits(a, b, what):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, what
-    assert a.dtype == b.dtype == np.float32, what
-    np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32), err_msg=what)
 
 
 def _norm(channels, rng):
@@ -70,10 +64,10 @@ def test_output_and_input_gradients_are_paddles_bits(shape, relu, with_residual,
     ref_grads = paddle.grad(ref, inputs, dy)
     out = frozen_bn.frozen_bn_act(x, norm, relu, residual, threads=threads)
     grads = paddle.grad(out, inputs, dy)
-    _same_bits(out, ref, "output")
-    _same_bits(grads[0], ref_grads[0], "input gradient")
+    assert_same_bits(out, ref, "output")
+    assert_same_bits(grads[0], ref_grads[0], "input gradient")
     if with_residual:
-        _same_bits(grads[3], ref_grads[3], "residual gradient")
+        assert_same_bits(grads[3], ref_grads[3], "residual gradient")
 
 
 def test_scale_and_shift_are_paddles_own():
@@ -83,7 +77,7 @@ def test_scale_and_shift_are_paddles_own():
     rng = np.random.default_rng(1)
     norm = _norm(256, rng)
     x = paddle.to_tensor(rng.standard_normal((2, 256, 16, 16)).astype("float32") * 2)
-    _same_bits(frozen_bn.frozen_bn_act(x, norm, False, threads=2), norm(x), "output")
+    assert_same_bits(frozen_bn.frozen_bn_act(x, norm, False, threads=2), norm(x), "output")
 
 
 def _float64_affine_grads(x, norm, relu, residual, dy):
@@ -127,7 +121,7 @@ def test_the_numbers_do_not_depend_on_the_thread_count():
         for got, want, what in zip(
             other, results[0], ["y", "dx", "d gamma", "d beta"], strict=True
         ):
-            _same_bits(got, want, what)
+            assert_same_bits(got, want, what)
 
 
 def test_only_the_needed_gradients_and_nan_as_paddles_relu():
@@ -139,7 +133,7 @@ def test_only_the_needed_gradients_and_nan_as_paddles_relu():
     x[0, 1, 2, 3] = float("nan")
     x.stop_gradient = False
     out = frozen_bn.frozen_bn_act(x, norm, True, threads=2)
-    _same_bits(out, _paddle(x, norm, True, None), "output with a NaN")
+    assert_same_bits(out, _paddle(x, norm, True, None), "output with a NaN")
     assert out.numpy()[0, 1, 2, 3] == 0  # Paddle's ReLU turns a NaN into 0
     without_relu = frozen_bn.frozen_bn_act(x, norm, False, threads=2)
     assert np.isnan(without_relu.numpy()[0, 1, 2, 3])
@@ -199,7 +193,7 @@ def test_a_resnet_trains_the_same_except_gamma_and_beta_summation(depth, fused):
     feats_a, grads_a = _run(plain, image)
     feats_b, grads_b = _run(switched, image)
     for a, b in zip(feats_a, feats_b, strict=True):
-        _same_bits(b, a, "features")
+        assert_same_bits(b, a, "features")
     assert grads_a.keys() == grads_b.keys() and any("norm" in n for n in grads_a)
     for name in grads_a:
         if "norm" in name:  # float64 sums against Paddle's float32 ones
@@ -208,7 +202,7 @@ def test_a_resnet_trains_the_same_except_gamma_and_beta_summation(depth, fused):
                 grads_b[name], grads_a[name], atol=1e-5 * scale, err_msg=name
             )
         else:
-            _same_bits(grads_b[name], grads_a[name], name)
+            assert_same_bits(grads_b[name], grads_a[name], name)
 
 
 def test_other_norms_are_left_alone():

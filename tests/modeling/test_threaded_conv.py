@@ -17,6 +17,7 @@ import pytest
 from ppdet_ghm.engine import tasks
 from ppdet_ghm.modeling import threaded_conv
 from ppdet_ghm.modeling.layers import ChannelBiasConv2D
+from tests.helpers.bits import assert_same_bits
 from tests.helpers.engine_tiny import make_tiny
 
 
@@ -24,13 +25,6 @@ from tests.helpers.engine_tiny import make_tiny
 def ops():
     """Build the extension once (the first build of a machine takes ~15 s)."""
     return threaded_conv.load_ops()
-
-
-def _same_bits(a, b, what):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, what
-    assert a.dtype == b.dtype == np.float32, what
-    np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32), err_msg=what)
 
 
 # x shape, weight shape, stride, padding (2 or 4 values: [top, bottom, left, right]), dilation,
@@ -58,23 +52,14 @@ def test_forward_and_gradients_are_paddles_bits(case, threads):
 
     out = threaded_conv.threaded_conv2d(x, w, stride, padding, dilation, groups, threads)
     dx, dw = paddle.grad(out, [x, w], dy)
-    _same_bits(out, ref, "output")
-    _same_bits(dx, ref_dx, "input gradient")
-    _same_bits(dw, ref_dw, "weight gradient")
-
-
-@pytest.fixture
-def math_threads():
-    """Sets the math library's threads for one test, then back to Paddle's start value."""
-    yield paddle.base.core.set_num_threads
-    paddle.base.core.set_num_threads(
-        paddle.get_flags(["FLAGS_paddle_num_threads"])["FLAGS_paddle_num_threads"]
-    )
+    assert_same_bits(out, ref, "output")
+    assert_same_bits(dx, ref_dx, "input gradient")
+    assert_same_bits(dw, ref_dw, "weight gradient")
 
 
 @pytest.mark.parametrize("count", [1, 2])
-def test_the_bits_hold_for_the_math_librarys_thread_count(math_threads, count):
-    math_threads(count)
+def test_the_bits_hold_for_the_math_librarys_thread_count(set_math_threads, count):
+    set_math_threads(count)
     test_forward_and_gradients_are_paddles_bits(CASES[0], threads=2)
     test_forward_and_gradients_are_paddles_bits(CASES[3], threads=2)
 
@@ -89,14 +74,14 @@ def test_only_the_needed_gradient_and_a_strided_view():
     (ref_dw,) = paddle.grad(ref, [w], dy)
     out = threaded_conv.threaded_conv2d(x, w, [1, 1], [1, 1], [1, 1], 1, 2)
     (dw,) = paddle.grad(out, [w], dy)
-    _same_bits(out, ref, "output")
-    _same_bits(dw, ref_dw, "weight gradient")
+    assert_same_bits(out, ref, "output")
+    assert_same_bits(dw, ref_dw, "weight gradient")
     # the op returns a placeholder, not a gradient, for what is not asked
     dx, dw_only = threaded_conv.load_ops().threaded_conv2d_backward(
         x.contiguous(), w, dy, [1, 1], [1, 1], "EXPLICIT", [1, 1], 1, 2, False, True
     )
     assert dx.shape == [1]
-    _same_bits(dw_only, ref_dw, "weight gradient alone")
+    assert_same_bits(dw_only, ref_dw, "weight gradient alone")
 
 
 @pytest.mark.parametrize("layer_class", [nn.Conv2D, ChannelBiasConv2D])
@@ -117,7 +102,7 @@ def test_switched_layers_keep_their_bias_arithmetic(layer_class):
         grads = paddle.grad(out, [x, model.weight, model.bias], dy)
         results.append([out, *grads])
     for name, a, b in zip(["output", "dx", "dw", "db"], *results, strict=True):
-        _same_bits(a, b, name)
+        assert_same_bits(a, b, name)
 
 
 def test_which_layers_are_switched():
@@ -138,7 +123,7 @@ def test_which_layers_are_switched():
     x = paddle.randn([2, 3, 8, 8])
     out = switched(x)
     assert out.shape == [2, 4, 9, 11]  # H: 8 -> 7 (top 1, bottom 0) -> 9; W: 8 -> 9 -> 11
-    _same_bits(out, plain(x), "output")
+    assert_same_bits(out, plain(x), "output")
 
 
 def test_traced_layers_keep_paddles_forward():
