@@ -9,14 +9,17 @@ columns are the forward time spent inside the GHM loss calls per iteration (forw
 loss layers) and its share of the iteration.
 
 Ours runs its convolutions larger than 1x1 on oneDNN, each frozen BN with its ReLU (and shortcut)
-as one op, and keeps freed memory in glibc's heap for reuse, as ``ppdet-ghm train`` does on a CPU
+as one op, the optimizer's clip multiply and momentum update as one threaded call, and keeps freed
+memory in glibc's heap for reuse, as ``ppdet-ghm train`` does on a CPU
 (``ppdet_ghm.modeling.onednn_conv``, ``ppdet_ghm.modeling.frozen_bn``,
-``ppdet_ghm.engine.cpu_memory``; ``--keep-freed-memory all`` gives mmdet's worker the same malloc
-settings, ``none`` neither side). In the same rounds, with ``--paddle-convs`` (the default) a
-worker runs ours with Paddle's own convolutions and BN ops (``-o onednn_conv=false``), and with
-``--paddle-bn`` (the default) one runs ours with oneDNN convolutions but Paddle's BN, add and ReLU
-ops (``-o fused_frozen_bn=false``); the table gets a row ``<case>, Paddle convs`` /
-``<case>, Paddle BN ops`` for each.
+``ppdet_ghm.engine.threaded_momentum``, ``ppdet_ghm.engine.cpu_memory``; ``--keep-freed-memory
+all`` gives mmdet's worker the same malloc settings, ``none`` neither side). In the same rounds,
+with ``--paddle-convs`` (the default) a worker runs ours with Paddle's own convolutions and BN ops
+(``-o onednn_conv=false``), with ``--paddle-bn`` (the default) one runs ours with oneDNN
+convolutions but Paddle's BN, add and ReLU ops (``-o fused_frozen_bn=false``), and with
+``--paddle-step`` one runs ours with Paddle's optimizer step (``-o threaded_momentum=false``);
+the table gets a row ``<case>, Paddle convs`` / ``<case>, Paddle BN ops`` /
+``<case>, Paddle step`` for each.
 
     python -m bench.bench_train_step                     # both cases, both sides, 2 threads
     python -m bench.bench_train_step --cases b2_512 --repeats 3 --sides paddle
@@ -32,7 +35,12 @@ from bench import driver, flops, inputs, timing
 SCRIPT = "bench_train_step"
 PADDLE_CONVS = "paddle-convs"  # the variant of ours with Paddle's own convolutions
 PADDLE_BN = "paddle-bn"  # ... with oneDNN convolutions but Paddle's BN, add and ReLU ops
-VARIANT_LABELS = {PADDLE_CONVS: "Paddle convs", PADDLE_BN: "Paddle BN ops"}
+PADDLE_STEP = "paddle-step"  # ... with Paddle's own optimizer step
+VARIANT_LABELS = {
+    PADDLE_CONVS: "Paddle convs",
+    PADDLE_BN: "Paddle BN ops",
+    PADDLE_STEP: "Paddle step",
+}
 BASE_LR = 0.01
 BASE_BATCH = 16
 
@@ -62,7 +70,10 @@ def worker(args):
 
             use_fused_frozen_bn(model)
     side.hook_ghm(model, timer)
-    step = side.train_step(model, batch, lr)
+    if args.side == "paddle":
+        step = side.train_step(model, batch, lr, threaded_momentum=args.step == "threaded")
+    else:
+        step = side.train_step(model, batch, lr)
     losses = []
 
     def timed():
@@ -112,6 +123,7 @@ def main(argv=None):
     parser = driver.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--case", help=argparse.SUPPRESS)  # worker only
     parser.add_argument("--conv", default="onednn", help=argparse.SUPPRESS)  # worker only
+    parser.add_argument("--step", default="threaded", help=argparse.SUPPRESS)  # worker only
     parser.add_argument(
         "--paddle-convs",
         action=argparse.BooleanOptionalAction,
@@ -123,6 +135,12 @@ def main(argv=None):
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also time ours with Paddle's BN, add and ReLU ops (fused_frozen_bn: false)",
+    )
+    parser.add_argument(
+        "--paddle-step",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also time ours with Paddle's optimizer step (threaded_momentum: false)",
     )
     parser.add_argument(
         "--keep-freed-memory",
@@ -153,6 +171,8 @@ def main(argv=None):
         variants[PADDLE_CONVS] = ("paddle", ["--conv", "paddle"])
     if args.paddle_bn and "paddle" in args.sides:
         variants[PADDLE_BN] = ("paddle", ["--conv", "onednn-paddle-bn"])
+    if args.paddle_step and "paddle" in args.sides:
+        variants[PADDLE_STEP] = ("paddle", ["--step", "paddle"])
     results = driver.drive(
         SCRIPT,
         args,

@@ -49,8 +49,10 @@ def hook_ghm(model, timer: SectionTimer):
         loss.register_forward_post_hook(timer.exit)
 
 
-def train_step(model, batch, lr: float):
-    """A closure running one training iteration on ``batch``; returns the loss as a float."""
+def train_step(model, batch, lr: float, threaded_momentum: bool = False):
+    """A closure running one training iteration on ``batch``; returns the loss as a float.
+    ``threaded_momentum``: the optimizer's update as ``ppdet-ghm train`` runs it on a CPU
+    (``ppdet_ghm.engine.threaded_momentum``, the same numbers as Paddle's step)."""
     import paddle
 
     model.train()
@@ -62,6 +64,10 @@ def train_step(model, batch, lr: float):
         weight_decay=paddle.regularizer.L2Decay(WEIGHT_DECAY),
         grad_clip=paddle.nn.ClipGradByGlobalNorm(CLIP_MAX_NORM),
     )
+    if threaded_momentum:
+        from ppdet_ghm.engine.threaded_momentum import use_threaded_momentum
+
+        use_threaded_momentum(optimizer)
     inputs = input_dict(batch, with_gt=True)
 
     def step():

@@ -10,6 +10,8 @@
 - :mod:`.backend_agreement`: whether the two predictors give the same detections;
 - :mod:`.visualize`: drawing detections;
 - :mod:`.cpu_memory`: glibc's malloc kept from returning freed tensors (CPU tasks);
+- :mod:`.threaded_momentum`: the SGD + momentum update of all parameters as one threaded call
+  with Paddle's bits (CPU training);
 - :mod:`.demo`: the CPU demo that ``make demo`` runs.
 """
 

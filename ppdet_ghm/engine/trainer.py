@@ -28,7 +28,10 @@ subclass it (no fork) and change only what our pipeline needs:
   threads with the same bits (:mod:`~ppdet_ghm.modeling.threaded_conv`). Beside the oneDNN
   convolutions, each frozen-statistics BatchNorm of the ResNet runs with its ReLU (and the
   block's shortcut addition) as one op on all math threads (:mod:`~ppdet_ghm.modeling.frozen_bn`,
-  config key ``fused_frozen_bn: auto|true|false``).
+  config key ``fused_frozen_bn: auto|true|false``). With ``paddle.optimizer.Momentum`` (the 1x
+  schedule's SGD) the clip multiply and the momentum update of all parameters run as one call on
+  the math threads with the bits of Paddle's step (:mod:`~ppdet_ghm.engine.threaded_momentum`,
+  config key ``threaded_momentum: auto|true|false``).
 - **Logs.** :func:`log_to_file` copies every ppdet and ppdet_ghm log record to a file;
   :class:`ProgressBar` draws tqdm bars for training and evaluation.
 """
@@ -50,7 +53,7 @@ from ppdet.engine import Trainer
 from ppdet.engine.callbacks import Callback, Checkpointer
 
 from ppdet_ghm.data.validation import DataChecks, checked_dataset
-from ppdet_ghm.engine import cpu_memory
+from ppdet_ghm.engine import cpu_memory, threaded_momentum
 from ppdet_ghm.engine.checkpoint_io import atomic_ppdet_saves, write_meta
 from ppdet_ghm.engine.guards import NonFiniteGuard
 from ppdet_ghm.engine.interrupt import InterruptCheckpointer, signals_blocked
@@ -415,6 +418,7 @@ class GHMTrainer(Trainer):
         self.onednn_convs = 0  # how many convolutions run on oneDNN (CPU training)
         self.threaded_convs = 0  # how many run Paddle's kernels on two threads (CPU training)
         self.fused_norms = 0  # frozen BatchNorms (+ ReLU, + shortcut) run as one op each
+        self.threaded_momentum = False  # the momentum update as one threaded call (CPU training)
         if mode == "train":
             self.loader = EpochSeededLoader(self.loader, seed=data_seed)
             self.onednn_convs = onednn_conv.for_training(self.model, cfg.get("onednn_conv", "auto"))
@@ -423,6 +427,9 @@ class GHMTrainer(Trainer):
                 self.threaded_convs = threaded_conv.for_training(self.model, conv_threads)
             self.fused_norms = frozen_bn.for_training(
                 self.model, cfg.get("fused_frozen_bn", "auto"), self.onednn_convs
+            )
+            self.threaded_momentum = threaded_momentum.for_training(
+                self.optimizer, cfg.get("threaded_momentum", "auto")
             )
         self.recorder = ResultsRecorder(self)
         self.history = LossHistory(self)

@@ -28,7 +28,8 @@ from tests.helpers.engine_tiny import make_tiny
 @pytest.fixture(scope="module", params=["demo", "frozen_bn"])
 def tiny(tmp_path_factory, request):
     """The demo's backbone, and a ResNet-18 on frozen BN statistics (its BNs fused in CPU
-    training, ppdet_ghm.modeling.frozen_bn)."""
+    training, ppdet_ghm.modeling.frozen_bn) trained by SGD + momentum as one threaded update
+    (ppdet_ghm.engine.threaded_momentum)."""
     root = tmp_path_factory.mktemp("nonfinite")
     config, overrides = make_tiny(root, frozen_bn=request.param == "frozen_bn")
     return root, config, overrides
@@ -114,6 +115,8 @@ def test_stop_names_iteration_and_term_and_keeps_the_last_checkpoint(tiny):
 
 def test_skip_leaves_weights_and_statistics_as_they_were_and_goes_on(tiny):
     trainer = _trainer(tiny, "skip", nonfinite="skip")
+    # the frozen-BN variant steps through the threaded momentum update, which the guard wraps
+    assert trainer.threaded_momentum == ("threaded_momentum: true" in open(tiny[1]).read())
     snapshots = _add(trainer, _Snapshots(trainer))
     _inject_nan(trainer, {1})
     trainer.train()

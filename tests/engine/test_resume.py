@@ -3,7 +3,8 @@
 Tiny variant of configs/demo.yml (tests/helpers/engine_tiny.py): 4 images, batch 2, 2 epochs of 2 steps,
 shuffled data, random flips, LR warmup over 3 steps then a step decay after epoch 1, GHM momentum
 on; with the demo's backbone, and with a ResNet-18 on frozen BN statistics (CPU training then
-fuses its BNs, ppdet_ghm.modeling.frozen_bn). The straight run writes a checkpoint after epoch 0; resuming from it in a fresh trainer must
+fuses its BNs, ppdet_ghm.modeling.frozen_bn) trained by SGD + momentum as one threaded update
+(ppdet_ghm.engine.threaded_momentum). The straight run writes a checkpoint after epoch 0; resuming from it in a fresh trainer must
 give the straight run's last two losses (1e-5), learning rates and final weights.
 """
 
@@ -29,6 +30,7 @@ def straight(tmp_path_factory, request):
     )
     assert trainer.onednn_convs > 0  # CPU training runs its convolutions on oneDNN by default
     assert (trainer.fused_norms > 0) == frozen_bn  # and fuses frozen BNs where there are any
+    assert trainer.threaded_momentum == frozen_bn  # the SGD step as one threaded call
     assert any(isinstance(c, FreedMemoryRelease) for c in trainer._callbacks)
     return root, config, overrides, trainer.history.records
 

@@ -1,10 +1,11 @@
-"""modeling.cpp_ops through the three extensions: a source that does not compile is an error naming
-the source, the build folder and the compiler's message, raised as the extension's own
-"unavailable" error, and remembered (no second build in the process); and the thread count the
-ops take from Paddle."""
+"""modeling.cpp_ops through the four extensions that raise (the threaded GHM ops fall back
+instead, tests/losses): a source that does not compile is an error naming the source, the build
+folder and the compiler's message, raised as the extension's own "unavailable" error, and
+remembered (no second build in the process); and the thread count the ops take from Paddle."""
 
 import pytest
 
+from ppdet_ghm.engine import threaded_momentum
 from ppdet_ghm.modeling import cpp_ops, frozen_bn, onednn_conv, threaded_conv
 
 
@@ -14,8 +15,9 @@ from ppdet_ghm.modeling import cpp_ops, frozen_bn, onednn_conv, threaded_conv
         (onednn_conv, onednn_conv.OnednnUnavailable),
         (threaded_conv, threaded_conv.ThreadedConvUnavailable),
         (frozen_bn, frozen_bn.FrozenBnUnavailable),
+        (threaded_momentum, threaded_momentum.ThreadedMomentumUnavailable),
     ],
-    ids=["onednn_conv", "threaded_conv", "frozen_bn"],
+    ids=["onednn_conv", "threaded_conv", "frozen_bn", "threaded_momentum"],
 )
 def test_a_failed_build_names_the_compiler_error(tmp_path, monkeypatch, module, unavailable):
     broken = tmp_path / module.SOURCE.name
