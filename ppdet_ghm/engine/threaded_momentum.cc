@@ -18,18 +18,15 @@
 // Built at first use by paddle.utils.cpp_extension against Paddle's headers only.
 
 #include <algorithm>
-#include <exception>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "paddle/extension.h"
-#include "paddle/phi/api/include/context_pool.h"
-#include "paddle/phi/backends/cpu/cpu_context.h"
-#include "paddle/phi/core/dense_tensor.h"
-#include "paddle/phi/core/kernel_factory.h"
+#include "cpp_ops.h"
 
 namespace {
+
+using ppdet_ghm::dense;
+using ppdet_ghm::flat_piece;
 
 // phi::MomentumDenseKernel as registered (variadic form).
 using MomentumFn = void (*)(const phi::DeviceContext&, const phi::DenseTensor& param,
@@ -44,31 +41,6 @@ using MomentumFn = void (*)(const phi::DeviceContext&, const phi::DenseTensor& p
 // Piece length: a multiple of 64 elements (4 packets of 16 floats, the widest unrolling); the
 // four arrays of a piece (1 MiB) stay in the L2 cache between the scaling and the update.
 constexpr int64_t kPiece = 1 << 16;
-
-MomentumFn momentum_kernel() {
-  const phi::KernelKey key(phi::Backend::CPU, phi::DataLayout::ALL_LAYOUT,
-                           phi::DataType::FLOAT32);
-  return phi::KernelFactory::Instance()
-      .SelectKernelOrThrowError("momentum", key)
-      .kernel.GetVariadicKernelFn<MomentumFn>();
-}
-
-const phi::DeviceContext& cpu_context() {
-  return *paddle::experimental::DeviceContextPool::Instance().Get(phi::CPUPlace());
-}
-
-phi::DenseTensor& dense(const paddle::Tensor& t) {
-  return *static_cast<phi::DenseTensor*>(t.impl().get());
-}
-
-// Elements [begin, end) of a contiguous tensor as a 1-D tensor sharing its memory.
-phi::DenseTensor piece(const phi::DenseTensor& t, int64_t begin, int64_t end) {
-  phi::DenseTensorMeta meta = t.meta();
-  meta.offset += begin * sizeof(float);
-  meta.dims = common::make_ddim({end - begin});
-  meta.strides = phi::DenseTensorMeta::calc_strides(meta.dims);
-  return phi::DenseTensor(t.Holder(), meta);
-}
 
 void check_float32(const paddle::Tensor& t, const char* what, size_t i) {
   PD_CHECK(t.is_cpu() && t.is_dense_tensor() && t.dtype() == paddle::DataType::FLOAT32,
@@ -90,7 +62,7 @@ void ClippedMomentum(std::vector<paddle::Tensor>& params, std::vector<paddle::Te
                      const std::vector<paddle::Tensor>& lrs, const paddle::Tensor& scale, float mu,
                      bool nesterov, const std::vector<std::string>& methods,
                      const std::vector<float>& coeffs, const std::vector<int>& clip, int threads) {
-  static const MomentumFn momentum = momentum_kernel();
+  static const MomentumFn momentum = ppdet_ghm::cpu_kernel<MomentumFn>("momentum");
   const size_t count = params.size();
   PD_CHECK(grads.size() == count && velocities.size() == count && lrs.size() == count &&
                methods.size() == count && coeffs.size() == count && clip.size() == count,
@@ -112,13 +84,13 @@ void ClippedMomentum(std::vector<paddle::Tensor>& params, std::vector<paddle::Te
     }
   }
   const float factor = *scale.data<float>();
-  const phi::DeviceContext& ctx = cpu_context();
+  const phi::DeviceContext& ctx = ppdet_ghm::cpu_context();
   const paddle::optional<phi::DenseTensor> no_master;
 
   auto update = [&](const Piece& p) {
-    phi::DenseTensor param = piece(dense(params[p.param]), p.begin, p.end);
-    phi::DenseTensor grad = piece(dense(grads[p.param]), p.begin, p.end);
-    phi::DenseTensor velocity = piece(dense(velocities[p.param]), p.begin, p.end);
+    phi::DenseTensor param = flat_piece(dense(params[p.param]), p.begin, p.end);
+    phi::DenseTensor grad = flat_piece(dense(grads[p.param]), p.begin, p.end);
+    phi::DenseTensor velocity = flat_piece(dense(velocities[p.param]), p.begin, p.end);
     if (clip[p.param]) {
       float* g = grad.data<float>();
       for (int64_t k = 0, n = p.end - p.begin; k < n; ++k) g[k] *= factor;
@@ -141,21 +113,9 @@ void ClippedMomentum(std::vector<paddle::Tensor>& params, std::vector<paddle::Te
     while (next < workers && seen >= total * next / workers) first[next++] = k;
     seen += pieces[k].end - pieces[k].begin;
   }
-  std::vector<std::exception_ptr> errors(workers);
-  auto run = [&](int t) {
-    try {
-      for (size_t k = first[t]; k < first[t + 1]; ++k) update(pieces[k]);
-    } catch (...) {
-      errors[t] = std::current_exception();
-    }
-  };
-  std::vector<std::thread> helpers;
-  for (int t = 1; t < workers; ++t) helpers.emplace_back(run, t);
-  run(0);
-  for (auto& helper : helpers) helper.join();
-  for (auto& error : errors) {
-    if (error) std::rethrow_exception(error);
-  }
+  ppdet_ghm::on_threads(workers, [&](int t) {
+    for (size_t k = first[t]; k < first[t + 1]; ++k) update(pieces[k]);
+  });
 }
 
 PD_BUILD_OP(clipped_momentum)

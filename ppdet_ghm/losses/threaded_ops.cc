@@ -16,18 +16,17 @@
 // Built at first use by paddle.utils.cpp_extension against Paddle's headers only.
 
 #include <algorithm>
-#include <exception>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "paddle/extension.h"
-#include "paddle/phi/api/include/context_pool.h"
-#include "paddle/phi/backends/cpu/cpu_context.h"
-#include "paddle/phi/core/dense_tensor.h"
-#include "paddle/phi/core/kernel_factory.h"
+#include "cpp_ops.h"
 
 namespace {
+
+using ppdet_ghm::cpu_context;
+using ppdet_ghm::cpu_kernel;
+using ppdet_ghm::dense;
+using ppdet_ghm::flat_piece;
 
 // Signatures of phi::SigmoidKernel and phi::SoftplusKernel as registered (variadic form).
 using UnaryFn = void (*)(const phi::DeviceContext&, const phi::DenseTensor&, phi::DenseTensor*);
@@ -38,32 +37,6 @@ using SoftplusFn = void (*)(const phi::DeviceContext&, const phi::DenseTensor&, 
 constexpr int64_t kGrain = 64;
 // Below this many elements per thread a new thread costs more than it saves.
 constexpr int64_t kMinPerThread = 1 << 18;
-
-template <typename Fn>
-Fn cpu_kernel(const char* name) {
-  const phi::KernelKey key(phi::Backend::CPU, phi::DataLayout::ALL_LAYOUT,
-                           phi::DataType::FLOAT32);
-  return phi::KernelFactory::Instance()
-      .SelectKernelOrThrowError(name, key)
-      .kernel.GetVariadicKernelFn<Fn>();
-}
-
-const phi::DeviceContext& cpu_context() {
-  return *paddle::experimental::DeviceContextPool::Instance().Get(phi::CPUPlace());
-}
-
-phi::DenseTensor& dense(const paddle::Tensor& t) {
-  return *static_cast<phi::DenseTensor*>(t.impl().get());
-}
-
-// Elements [begin, end) of a contiguous tensor as a 1-D tensor sharing its memory.
-phi::DenseTensor piece(const phi::DenseTensor& t, int64_t begin, int64_t end) {
-  phi::DenseTensorMeta meta = t.meta();
-  meta.offset += begin * sizeof(float);
-  meta.dims = common::make_ddim({end - begin});
-  meta.strides = phi::DenseTensorMeta::calc_strides(meta.dims);
-  return phi::DenseTensor(t.Holder(), meta);
-}
 
 // How many pieces over_pieces cuts n elements into for `threads` threads.
 int64_t piece_count(int64_t n, int threads) {
@@ -76,23 +49,11 @@ template <typename Body>
 void over_pieces(int64_t n, int threads, Body body) {
   const int64_t count = piece_count(n, threads);
   const int64_t step = (n / count + kGrain - 1) / kGrain * kGrain;
-  std::vector<std::exception_ptr> errors(count);
-  std::vector<std::thread> workers;
-  auto part = [&](int64_t i) {
-    try {
-      const int64_t begin = std::min(n, i * step);
-      const int64_t end = i + 1 == count ? n : std::min(n, (i + 1) * step);
-      if (begin < end) body(i, begin, end);
-    } catch (...) {
-      errors[i] = std::current_exception();
-    }
-  };
-  for (int64_t i = 1; i < count; ++i) workers.emplace_back(part, i);
-  part(0);
-  for (auto& worker : workers) worker.join();
-  for (auto& error : errors) {
-    if (error) std::rethrow_exception(error);
-  }
+  ppdet_ghm::on_threads(static_cast<int>(count), [&](int i) {
+    const int64_t begin = std::min(n, i * step);
+    const int64_t end = i + 1 == count ? n : std::min(n, (i + 1) * step);
+    if (begin < end) body(i, begin, end);
+  });
 }
 
 // kernel(input piece, output piece) on the pieces of float32 `x`, into a new tensor of its shape.
@@ -103,8 +64,8 @@ paddle::Tensor elementwise_in_pieces(const paddle::Tensor& x, int threads, Kerne
   paddle::Tensor out = paddle::empty(x.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
   auto& result = dense(out);
   over_pieces(x.numel(), threads, [&](int64_t, int64_t begin, int64_t end) {
-    phi::DenseTensor part = piece(result, begin, end);
-    kernel(piece(dense(x), begin, end), &part);
+    phi::DenseTensor part = flat_piece(result, begin, end);
+    kernel(flat_piece(dense(x), begin, end), &part);
   });
   return out;
 }

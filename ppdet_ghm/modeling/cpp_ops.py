@@ -1,7 +1,8 @@
 """Building our C++ custom ops (``paddle.utils.cpp_extension``) once, cached on disk.
 
-One build per source text, Paddle version and whatever else the caller names in ``version``,
-under ``$PPDET_GHM_CACHE`` (default ``~/.cache/ppdet_ghm``) / ``<name>-<key>``; concurrent
+One build per source text and text of ``cpp_ops.h`` (the helpers the sources share, on the include
+path), Paddle version and whatever else the caller names in ``version``, under
+``$PPDET_GHM_CACHE`` (default ``~/.cache/ppdet_ghm``) / ``<name>-<key>``; concurrent
 processes wait for one build. The compiler's output is kept back and shown only when the build
 fails (:class:`BuildError` carries its error lines). :func:`math_threads` tells the ops how many
 threads Paddle's CPU math runs on.
@@ -22,9 +23,12 @@ from pathlib import Path
 
 import paddle
 
-__all__ = ["BuildError", "build", "build_directory", "math_threads"]
+__all__ = ["BuildError", "build", "build_directory", "cache_key", "math_threads"]
 
 logger = logging.getLogger(__name__)
+
+# helpers shared by the ops' sources (#include "cpp_ops.h"): part of every build and its key
+HEADER = Path(__file__).with_name("cpp_ops.h")
 
 
 class BuildError(RuntimeError):
@@ -37,6 +41,13 @@ def build_directory(name: str, key: str) -> Path:
         os.path.expanduser("~"), ".cache", "ppdet_ghm"
     )
     return Path(root) / f"{name}-{key}"
+
+
+def cache_key(source: Path, version: str = "") -> str:
+    """12 hex digits of the SHA-256 of ``source``, ``cpp_ops.h``, Paddle's version and
+    ``version``: a change to any of them is a new build."""
+    text = source.read_bytes() + HEADER.read_bytes() + f"{paddle.__version__} {version}".encode()
+    return hashlib.sha256(text).hexdigest()[:12]
 
 
 def build(
@@ -54,10 +65,7 @@ def build(
     not the default. Raises BuildError."""
     if tuple(cflags) != ("-O2",):
         version = f"{version} {' '.join(cflags)}"
-    key = hashlib.sha256(
-        source.read_bytes() + f"{paddle.__version__} {version}".encode()
-    ).hexdigest()[:12]
-    directory = build_directory(name, key)
+    directory = build_directory(name, cache_key(source, version))
     directory.mkdir(parents=True, exist_ok=True)
     module = f"ppdet_ghm_{name}"
     from paddle.utils.cpp_extension import load
@@ -74,7 +82,7 @@ def build(
                 return load(
                     name=module,
                     sources=[str(source)],
-                    extra_include_paths=list(include_paths),
+                    extra_include_paths=[str(HEADER.parent), *include_paths],
                     extra_cxx_cflags=list(cflags),
                     extra_ldflags=list(ldflags),
                     build_directory=str(directory),

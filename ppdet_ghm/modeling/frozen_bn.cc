@@ -21,11 +21,9 @@
 // Built at first use by paddle.utils.cpp_extension against Paddle's headers only.
 
 #include <algorithm>
-#include <exception>
-#include <thread>
 #include <vector>
 
-#include "paddle/extension.h"
+#include "cpp_ops.h"
 
 #ifdef __SSE2__
 #include <emmintrin.h>
@@ -50,25 +48,7 @@ void over_planes(int64_t planes, int64_t plane_size, int threads, Body body) {
   int64_t by_size = planes * plane_size / kMinPerThread;
   int count = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, by_size)));
   count = static_cast<int>(std::min<int64_t>(count, planes));
-  if (count <= 1) {
-    body(0, planes);
-    return;
-  }
-  std::vector<std::exception_ptr> errors(count);
-  std::vector<std::thread> workers;
-  auto part = [&](int i) {
-    try {
-      body(planes * i / count, planes * (i + 1) / count);
-    } catch (...) {
-      errors[i] = std::current_exception();
-    }
-  };
-  for (int i = 1; i < count; ++i) workers.emplace_back(part, i);
-  part(0);
-  for (auto& worker : workers) worker.join();
-  for (auto& error : errors) {
-    if (error) std::rethrow_exception(error);
-  }
+  ppdet_ghm::on_threads(count, [&](int i) { body(planes * i / count, planes * (i + 1) / count); });
 }
 
 // One plane of FrozenBnBackward: writes dx / dr where asked and sums[0] = sum g,

@@ -17,18 +17,16 @@
 //
 // Built at first use by paddle.utils.cpp_extension against Paddle's headers only.
 
-#include <exception>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "paddle/extension.h"
-#include "paddle/phi/api/include/context_pool.h"
-#include "paddle/phi/backends/cpu/cpu_context.h"
-#include "paddle/phi/core/dense_tensor.h"
-#include "paddle/phi/core/kernel_factory.h"
+#include "cpp_ops.h"
 
 namespace {
+
+using ppdet_ghm::cpu_context;
+using ppdet_ghm::cpu_kernel;
+using ppdet_ghm::dense;
 
 using Ints = std::vector<int>;
 
@@ -41,23 +39,6 @@ using ConvGradFn = void (*)(const phi::DeviceContext&, const phi::DenseTensor&,
                             const Ints&, const std::string&, const Ints&, int,
                             const std::string&, phi::DenseTensor*, phi::DenseTensor*);
 
-template <typename Fn>
-Fn cpu_kernel(const char* name) {
-  const phi::KernelKey key(phi::Backend::CPU, phi::DataLayout::ALL_LAYOUT,
-                           phi::DataType::FLOAT32);
-  return phi::KernelFactory::Instance()
-      .SelectKernelOrThrowError(name, key)
-      .kernel.GetVariadicKernelFn<Fn>();
-}
-
-const phi::DeviceContext& cpu_context() {
-  return *paddle::experimental::DeviceContextPool::Instance().Get(phi::CPUPlace());
-}
-
-phi::DenseTensor& dense(const paddle::Tensor& t) {
-  return *static_cast<phi::DenseTensor*>(t.impl().get());
-}
-
 // Images [begin, end) of an NCHW tensor, sharing its memory (DenseTensor::Slice, which the
 // headers hide from custom ops).
 phi::DenseTensor rows(const phi::DenseTensor& t, int64_t begin, int64_t end) {
@@ -68,25 +49,11 @@ phi::DenseTensor rows(const phi::DenseTensor& t, int64_t begin, int64_t end) {
   return phi::DenseTensor(t.Holder(), meta);
 }
 
-// Runs `first` on a new thread and `second` on this one; rethrows the first error.
+// Runs `first` on a new thread and `second` on this one; rethrows `second`'s error, else
+// `first`'s.
 template <typename A, typename B>
 void side_by_side(A first, B second) {
-  std::exception_ptr error;
-  std::thread worker([&] {
-    try {
-      first();
-    } catch (...) {
-      error = std::current_exception();
-    }
-  });
-  try {
-    second();
-  } catch (...) {
-    worker.join();
-    throw;
-  }
-  worker.join();
-  if (error) std::rethrow_exception(error);
+  ppdet_ghm::on_threads(2, [&](int i) { i == 0 ? second() : first(); });
 }
 
 void check_input(const paddle::Tensor& t, const char* name) {
