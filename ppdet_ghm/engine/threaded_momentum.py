@@ -2,8 +2,8 @@
 
 ``paddle.optimizer.Momentum`` with ``ClipGradByGlobalNorm`` (the reference's SGD 0.9, weight
 decay 1e-4, clip 35) updates each parameter with two single-threaded Paddle ops, the clip's
-``multiply_`` and the ``momentum_`` kernel: about 90 ms of a 3.3 s R50-FPN iteration on two cores,
-mostly memory traffic. :func:`use_threaded_momentum` keeps Paddle's step (gradients, clip norm,
+``multiply_`` and the ``momentum_`` kernel: with the clip's norms about 110 ms of a 3.3-3.8 s
+R50-FPN iteration on two cores, mostly memory traffic (``python -m bench.bench_optimizer_step``). :func:`use_threaded_momentum` keeps Paddle's step (gradients, clip norm,
 learning rates, accumulators, regularization, state dict) and replaces only those two per
 parameter ops by one call of ``threaded_momentum.cc`` over all parameters, which scales and
 updates each piece of a parameter while it is in the cache, the pieces shared over the math
@@ -22,7 +22,7 @@ import logging
 from pathlib import Path
 
 import paddle
-from paddle.nn.clip import _squared_l2_norm
+from paddle.nn.clip import _squared_l2_norm  # the op ClipGradByGlobalNorm takes the norms with
 from paddle.regularizer import L2Decay
 
 from ppdet_ghm.modeling import cpp_ops

@@ -153,7 +153,10 @@ def test_the_formula_against_float64():
     assert p[3] != 0.0  # the zero parameter moved by its gradient alone
 
 
-def test_state_dict_resumes_into_a_threaded_optimizer(set_math_threads):
+def test_the_state_dict_is_paddles(set_math_threads):
+    """Same keys (accumulator names, LR state) and velocity bits as Paddle's optimizer after two
+    steps: a checkpoint of either loads into the other (the trainer's resume test runs the
+    threaded update through a checkpoint, tests/engine/test_resume.py)."""
     set_math_threads(2)
     *_, paddle_opt = _run(False, steps=2)
     *_, our_opt = _run(True, steps=2)
